@@ -1,0 +1,1 @@
+//! muster-benches (filled by later work).

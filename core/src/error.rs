@@ -1,0 +1,186 @@
+//! Typed errors, one enum per API surface.
+//!
+//! Each variant's documentation says what happened to the node's state.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The input field an [`InvalidInput`] is about, named as in the HTTP API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Field {
+    /// `namespace`
+    Namespace,
+    /// `group`
+    Group,
+    /// `service`
+    Service,
+    /// `cluster`
+    Cluster,
+    /// `ip`
+    Ip,
+    /// `port`
+    Port,
+    /// `weight`
+    Weight,
+    /// `healthy`
+    Healthy,
+    /// `metadata`
+    Metadata,
+    /// `protect_threshold`
+    ProtectThreshold,
+    /// `page`
+    Page,
+    /// `page_size`
+    PageSize,
+    /// `search`
+    Search,
+    /// `clusters`
+    Clusters,
+    /// `beats`
+    Beats,
+    /// `node`: a cluster node id.
+    Node,
+}
+
+impl Field {
+    /// The field's name in the HTTP API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Field::Namespace => "namespace",
+            Field::Group => "group",
+            Field::Service => "service",
+            Field::Cluster => "cluster",
+            Field::Ip => "ip",
+            Field::Port => "port",
+            Field::Weight => "weight",
+            Field::Healthy => "healthy",
+            Field::Metadata => "metadata",
+            Field::ProtectThreshold => "protect_threshold",
+            Field::Page => "page",
+            Field::PageSize => "page_size",
+            Field::Search => "search",
+            Field::Clusters => "clusters",
+            Field::Beats => "beats",
+            Field::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One input field failed validation. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{field}: {message}")]
+pub struct InvalidInput {
+    /// The offending field.
+    pub field: Field,
+    /// What is wrong and what is accepted, for a human.
+    pub message: String,
+}
+
+impl InvalidInput {
+    /// An error about `field`.
+    pub fn new(field: Field, message: impl Into<String>) -> InvalidInput {
+        InvalidInput { field, message: message.into() }
+    }
+}
+
+/// Why a client request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A field is invalid. Nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// The service does not exist. Nothing was changed.
+    #[error("service {0} not found")]
+    ServiceNotFound(String),
+    /// The instance does not exist. Nothing was changed.
+    #[error("instance {0} not found")]
+    InstanceNotFound(String),
+    /// The service already exists (create). Nothing was changed.
+    #[error("service {0} already exists")]
+    ServiceExists(String),
+    /// The service still has instances (delete). Nothing was changed.
+    #[error("service {service} still has {instances} instance(s); deregister them first")]
+    ServiceNotEmpty {
+        /// The service.
+        service: String,
+        /// How many live instances it holds.
+        instances: usize,
+    },
+    /// A configured limit would be exceeded. Nothing was changed.
+    #[error("{what} limit of {limit} reached; raise it in the configuration or remove entries")]
+    LimitExceeded {
+        /// The limit's name, as in the configuration.
+        what: &'static str,
+        /// Its configured value.
+        limit: usize,
+    },
+    /// The node has not loaded the registry from its peers yet and refuses
+    /// writes, so that its versions never go backwards. Nothing was changed;
+    /// retry on another node or later.
+    #[error("node is starting and has not loaded the registry yet; retry on another node")]
+    NotReady,
+}
+
+/// Why a peer message was refused. The node's state is unchanged unless the
+/// variant says otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The bytes do not decode to a message. Nothing was changed.
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+    /// The message was encoded by an incompatible protocol version. Nothing was changed.
+    #[error("peer speaks protocol version {got}, this node speaks {expected}")]
+    ProtocolVersion {
+        /// The version in the message.
+        got: u16,
+        /// The version this node speaks.
+        expected: u16,
+    },
+    /// The sender is not a member of this cluster. Nothing was changed.
+    #[error("message from unknown node {0}")]
+    UnknownPeer(String),
+    /// The message exceeds a configured limit. Nothing was changed.
+    #[error("peer message exceeds the {what} limit of {limit}")]
+    TooLarge {
+        /// The limit's name, as in the configuration.
+        what: &'static str,
+        /// Its configured value.
+        limit: usize,
+    },
+    /// Some records in the message were refused (invalid, too far in the
+    /// future, or over a limit); the valid ones were merged.
+    #[error("{rejected} record(s) of a peer message were refused: {first}")]
+    RecordsRejected {
+        /// How many were refused.
+        rejected: usize,
+        /// Why the first was refused.
+        first: String,
+    },
+}
+
+/// The configuration is invalid. No node was built.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    /// The configuration key, as in the TOML file.
+    pub field: &'static str,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about the configuration key `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError { field, message: message.into() }
+    }
+}

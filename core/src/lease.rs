@@ -1,0 +1,139 @@
+//! Heartbeat leases: how often an ephemeral instance beats and how long its
+//! silence is tolerated, from the node's timings or per instance through
+//! metadata.
+
+use std::time::Duration;
+
+use crate::config::Timings;
+use crate::error::{Field, InvalidInput};
+use crate::model::Metadata;
+
+/// Metadata key overriding the heartbeat interval told to the client (ms).
+pub const META_HEARTBEAT_INTERVAL: &str = "muster.heartbeat_interval_ms";
+/// Metadata key overriding the silence before the instance is unhealthy (ms).
+pub const META_UNHEALTHY_AFTER: &str = "muster.unhealthy_after_ms";
+/// Metadata key overriding the silence before the instance is removed (ms).
+pub const META_REMOVE_AFTER: &str = "muster.remove_after_ms";
+
+const MIN_MS: u64 = 1_000;
+const MAX_MS: u64 = 86_400_000;
+
+/// The heartbeat timings of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// How often the client beats.
+    pub heartbeat_interval: Duration,
+    /// Silence before the instance is marked unhealthy.
+    pub unhealthy_after: Duration,
+    /// Silence before the instance is removed.
+    pub remove_after: Duration,
+}
+
+impl Lease {
+    /// The node's default lease.
+    pub fn defaults(t: &Timings) -> Lease {
+        Lease {
+            heartbeat_interval: t.heartbeat_interval,
+            unhealthy_after: t.unhealthy_after,
+            remove_after: t.remove_after,
+        }
+    }
+
+    /// The lease of an instance with `metadata`: the node's timings overridden
+    /// by the `muster.*_ms` keys, each 1000 to 86400000 and in increasing
+    /// order (interval < unhealthy < remove).
+    pub fn from_metadata(metadata: &Metadata, t: &Timings) -> Result<Lease, InvalidInput> {
+        let mut lease = Lease::defaults(t);
+        if metadata.is_empty() {
+            return Ok(lease);
+        }
+        if let Some(d) = read(metadata, META_HEARTBEAT_INTERVAL)? {
+            lease.heartbeat_interval = d;
+        }
+        if let Some(d) = read(metadata, META_UNHEALTHY_AFTER)? {
+            lease.unhealthy_after = d;
+        }
+        if let Some(d) = read(metadata, META_REMOVE_AFTER)? {
+            lease.remove_after = d;
+        }
+        if lease.heartbeat_interval >= lease.unhealthy_after {
+            return Err(order_error(META_HEARTBEAT_INTERVAL, META_UNHEALTHY_AFTER, lease));
+        }
+        if lease.unhealthy_after >= lease.remove_after {
+            return Err(order_error(META_UNHEALTHY_AFTER, META_REMOVE_AFTER, lease));
+        }
+        Ok(lease)
+    }
+
+    /// Like [`Lease::from_metadata`], falling back to the defaults on invalid
+    /// metadata (records from peers are not refused for it).
+    pub fn from_metadata_or_default(metadata: &Metadata, t: &Timings) -> Lease {
+        Lease::from_metadata(metadata, t).unwrap_or_else(|_| Lease::defaults(t))
+    }
+}
+
+fn read(metadata: &Metadata, key: &str) -> Result<Option<Duration>, InvalidInput> {
+    let Some(v) = metadata.get(key) else { return Ok(None) };
+    match v.trim().parse::<u64>() {
+        Ok(ms) if (MIN_MS..=MAX_MS).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(InvalidInput::new(
+            Field::Metadata,
+            format!("{key} must be a whole number of milliseconds from {MIN_MS} to {MAX_MS}, got {v:?}"),
+        )),
+    }
+}
+
+fn order_error(lower: &str, upper: &str, lease: Lease) -> InvalidInput {
+    InvalidInput::new(
+        Field::Metadata,
+        format!(
+            "{lower} must be less than {upper} (lease is interval {} ms, unhealthy after {} ms, \
+             removed after {} ms); set both",
+            lease.heartbeat_interval.as_millis(),
+            lease.unhealthy_after.as_millis(),
+            lease.remove_after.as_millis()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> Metadata {
+        Metadata::from_map(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    #[test]
+    fn metadata_overrides_the_default_lease() {
+        let t = Timings::default();
+        let lease = Lease::from_metadata(
+            &meta(&[
+                (META_UNHEALTHY_AFTER, "6000"),
+                (META_REMOVE_AFTER, "9000"),
+                (META_HEARTBEAT_INTERVAL, "2000"),
+            ]),
+            &t,
+        )
+        .unwrap();
+        assert_eq!(lease.unhealthy_after, Duration::from_secs(6));
+        assert_eq!(lease.remove_after, Duration::from_secs(9));
+        assert_eq!(lease.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn out_of_order_or_malformed_overrides_are_refused() {
+        let t = Timings::default();
+        assert!(Lease::from_metadata(&meta(&[(META_UNHEALTHY_AFTER, "40000")]), &t).is_err());
+        assert!(Lease::from_metadata(&meta(&[(META_REMOVE_AFTER, "soon")]), &t).is_err());
+        assert!(Lease::from_metadata(&meta(&[(META_REMOVE_AFTER, "10")]), &t).is_err());
+        assert_eq!(
+            Lease::from_metadata_or_default(&meta(&[(META_REMOVE_AFTER, "10")]), &t),
+            Lease::defaults(&t)
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! The Muster service registry as a pure state machine.
+//!
+//! This crate contains no networking code, reads no clock and draws no
+//! ambient randomness: time enters as a [`Timestamp`] argument of every
+//! input, randomness as a seed in [`Config`], and everything meant for peers
+//! or watchers leaves through `poll_*` methods that the driver drains. The
+//! same core runs in production under the HTTP transport (tokio, real
+//! clock) and in the simulator (virtual clock, in-memory network).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod lease;
+pub mod membership;
+pub mod message;
+pub mod model;
+mod node;
+pub mod record;
+mod registry;
+pub mod request;
+pub mod responsibility;
+mod slab;
+pub mod time;
+pub mod view;
+
+pub use config::{BrakeConfig, Config, Limits, Timings};
+pub use error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
+pub use membership::{MemberView, PeerState, Transition};
+pub use message::{ForwardedBeat, PROTOCOL_VERSION, PeerMessage};
+pub use model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, ServiceMeta};
+pub use node::{Event, Node, NodeStats, TimerKind, Transmit};
+pub use record::{InstanceState, Record, RemoveCause, ServiceState, Version};
+pub use registry::RegistryStats;
+pub use registry::digest::{BUCKETS, Digest};
+pub use request::{BeatReply, RegisterRequest, Registered, Request, ServiceUpdate, UpdateRequest};
+pub use time::Timestamp;
+pub use view::{
+    Checksum, InstanceView, NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage,
+    ServiceSummary, ServiceView,
+};

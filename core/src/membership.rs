@@ -1,0 +1,246 @@
+//! The Server Node Manager: cluster members and their health.
+//!
+//! Every node pings every peer each `ping_interval`; any message from a peer
+//! (a ping, an ack, a delta) counts as hearing from it. A peer silent for
+//! `suspect_after` is suspect, for `down_after` down, and up again on the
+//! next message. Suspect peers keep their responsibility (a short hiccup
+//! moves nothing); down peers lose it. Membership is static (from the
+//! configuration); the member map is keyed by id so that joins can be added
+//! without changing its users.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Timings;
+use crate::model::NodeId;
+use crate::responsibility::Responsibility;
+use crate::time::Timestamp;
+
+/// A peer's health as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Heard from within `suspect_after`.
+    Up,
+    /// Silent for `suspect_after`; still responsible for its keys.
+    Suspect,
+    /// Silent for `down_after`; its keys moved to the others.
+    Down,
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerState::Up => "up",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+        })
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    /// Its id (advertised address).
+    pub id: NodeId,
+    /// Its state; this node is always up.
+    pub state: PeerState,
+    /// Whether this is the node itself.
+    pub is_self: bool,
+    /// When this node last heard from it (local time); `None` if never.
+    #[serde(skip)]
+    pub last_heard: Option<Timestamp>,
+    /// When its state last changed (local time).
+    #[serde(skip)]
+    pub since: Timestamp,
+}
+
+/// A change of a peer's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The peer.
+    pub peer: NodeId,
+    /// Its state before.
+    pub from: PeerState,
+    /// Its state now.
+    pub to: PeerState,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    state: PeerState,
+    /// Last message, or the grace start (node start, pause) if later.
+    last_heard: Timestamp,
+    heard: Option<Timestamp>,
+    since: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Membership {
+    me: NodeId,
+    peers: BTreeMap<NodeId, Peer>,
+    suspect_after: std::time::Duration,
+    down_after: std::time::Duration,
+    started: Timestamp,
+}
+
+impl Membership {
+    pub(crate) fn new(me: NodeId, peers: &[NodeId], timings: &Timings, now: Timestamp) -> Membership {
+        let peers = peers
+            .iter()
+            .map(|p| (p.clone(), Peer { state: PeerState::Up, last_heard: now, heard: None, since: now }))
+            .collect();
+        Membership {
+            me,
+            peers,
+            suspect_after: timings.suspect_after,
+            down_after: timings.down_after,
+            started: now,
+        }
+    }
+
+    pub(crate) fn is_member(&self, id: &NodeId) -> bool {
+        self.peers.contains_key(id)
+    }
+
+    pub(crate) fn peer_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
+    pub(crate) fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn state(&self, id: &NodeId) -> Option<PeerState> {
+        self.peers.get(id).map(|p| p.state)
+    }
+
+    /// Peers not considered down.
+    pub(crate) fn reachable(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.iter().filter(|(_, p)| p.state != PeerState::Down).map(|(id, _)| id)
+    }
+
+    /// Who is responsible for what, given the current states.
+    pub(crate) fn responsibility(&self) -> Responsibility {
+        Responsibility::new(self.me.clone(), self.reachable())
+    }
+
+    /// Records a message from `id`; returns its transition to up, if any.
+    pub(crate) fn heard_from(&mut self, now: Timestamp, id: &NodeId) -> Option<Transition> {
+        let p = self.peers.get_mut(id)?;
+        p.last_heard = p.last_heard.max(now);
+        p.heard = Some(now);
+        if p.state == PeerState::Up {
+            return None;
+        }
+        let from = p.state;
+        p.state = PeerState::Up;
+        p.since = now;
+        Some(Transition { peer: id.clone(), from, to: PeerState::Up })
+    }
+
+    /// Ages every peer by silence; returns the transitions.
+    pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for (id, p) in &mut self.peers {
+            let silent = now.saturating_since(p.last_heard);
+            let to = if silent >= self.down_after {
+                PeerState::Down
+            } else if silent >= self.suspect_after {
+                PeerState::Suspect
+            } else {
+                PeerState::Up
+            };
+            // Silence only ever worsens a state here; recovery comes from a message.
+            if to > p.state {
+                out.push(Transition { peer: id.clone(), from: p.state, to });
+                p.state = to;
+                p.since = now;
+            }
+        }
+        out
+    }
+
+    /// Gives every peer a fresh grace period (after this node paused, its
+    /// silence says nothing about theirs).
+    pub(crate) fn grant_grace(&mut self, now: Timestamp) {
+        for p in self.peers.values_mut() {
+            p.last_heard = p.last_heard.max(now);
+        }
+    }
+
+    /// Every member, this node first.
+    pub(crate) fn view(&self) -> Vec<MemberView> {
+        let mut out = vec![MemberView {
+            id: self.me.clone(),
+            state: PeerState::Up,
+            is_self: true,
+            last_heard: None,
+            since: self.started,
+        }];
+        out.extend(self.peers.iter().map(|(id, p)| MemberView {
+            id: id.clone(),
+            state: p.state,
+            is_self: false,
+            last_heard: p.heard,
+            since: p.since,
+        }));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    fn members() -> Membership {
+        Membership::new(id("a:1"), &[id("b:1"), id("c:1")], &Timings::default(), Timestamp::ZERO)
+    }
+
+    #[test]
+    fn a_silent_peer_becomes_suspect_then_down() {
+        let mut m = members();
+        let t = Timings::default();
+        m.heard_from(Timestamp::ZERO, &id("c:1"));
+        assert!(m.tick(Timestamp::ZERO + (t.suspect_after - Duration::from_millis(1))).is_empty());
+        let tr = m.tick(Timestamp::ZERO + t.suspect_after);
+        assert_eq!(tr.len(), 2);
+        assert!(tr.iter().all(|t| t.to == PeerState::Suspect));
+        let tr = m.tick(Timestamp::ZERO + t.down_after);
+        assert!(tr.iter().all(|t| t.from == PeerState::Suspect && t.to == PeerState::Down));
+        assert_eq!(m.reachable().count(), 0);
+        assert!(m.responsibility().is_mine(12345));
+    }
+
+    #[test]
+    fn any_message_brings_a_down_peer_back_up() {
+        let mut m = members();
+        m.tick(Timestamp::from_millis(60_000));
+        let tr = m.heard_from(Timestamp::from_millis(60_001), &id("b:1")).unwrap();
+        assert_eq!((tr.from, tr.to), (PeerState::Down, PeerState::Up));
+        assert_eq!(m.state(&id("b:1")), Some(PeerState::Up));
+        assert_eq!(m.heard_from(Timestamp::from_millis(60_002), &id("b:1")), None);
+    }
+
+    #[test]
+    fn messages_from_strangers_are_not_members() {
+        let mut m = members();
+        assert_eq!(m.heard_from(Timestamp::ZERO, &id("x:1")), None);
+        assert!(!m.is_member(&id("x:1")));
+    }
+
+    #[test]
+    fn grace_after_a_pause_keeps_peers_up() {
+        let mut m = members();
+        m.grant_grace(Timestamp::from_millis(100_000));
+        assert!(m.tick(Timestamp::from_millis(100_001)).is_empty());
+    }
+}

@@ -1,0 +1,255 @@
+//! Peer messages and their wire encoding.
+//!
+//! A frame is `[protocol version: u16 little-endian][postcard(from, message)]`.
+//! Decoding checks the version first and never panics: any byte string gives
+//! a message or a [`MessageError`]. Names, hosts and node ids inside are
+//! re-validated while decoding, exactly as client input is.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::MessageError;
+use crate::model::{InstanceKey, NodeId};
+use crate::record::Record;
+
+/// The protocol version this build speaks. Bumped on any incompatible change
+/// of [`PeerMessage`] or the records inside it.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A heartbeat forwarded to the node responsible for the instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardedBeat {
+    /// The instance.
+    pub key: InstanceKey,
+    /// How long before sending the beat was seen, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// Everything one node says to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// Are you there? Answered by [`PeerMessage::Ack`].
+    Ping {
+        /// Echoed in the ack.
+        nonce: u64,
+    },
+    /// I am here.
+    Ack {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Records changed locally since the last delta.
+    Delta {
+        /// The records, each in its latest state.
+        records: Vec<Record>,
+    },
+    /// Heartbeats seen by the sender for instances the receiver is
+    /// responsible for.
+    Beats {
+        /// The beats.
+        beats: Vec<ForwardedBeat>,
+    },
+    /// Anti-entropy, step 1: the root of the sender's digest. A receiver
+    /// whose root differs answers with [`PeerMessage::DigestBuckets`].
+    DigestRoot {
+        /// The root hash.
+        root: u64,
+    },
+    /// Anti-entropy, step 2: the receiver's bucket hashes.
+    DigestBuckets {
+        /// [`crate::BUCKETS`] bucket hashes.
+        buckets: Vec<u64>,
+    },
+    /// Anti-entropy, step 3 (and 4 with `reply == false`): every record the
+    /// sender holds in the buckets that differ.
+    BucketRecords {
+        /// The buckets covered.
+        buckets: Vec<u8>,
+        /// The sender's records in them.
+        records: Vec<Record>,
+        /// Whether the receiver should answer with its own records.
+        reply: bool,
+    },
+    /// A starting node asks for a page of the registry.
+    SnapshotRequest {
+        /// Where the page starts; 0 for the first.
+        cursor: u64,
+    },
+    /// A page of the registry.
+    Snapshot {
+        /// The records of the page.
+        records: Vec<Record>,
+        /// The cursor of the next page; `None` on the last.
+        next: Option<u64>,
+        /// Whether the sender has loaded the registry itself.
+        ready: bool,
+    },
+}
+
+impl PeerMessage {
+    /// The message kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessage::Ping { .. } => "ping",
+            PeerMessage::Ack { .. } => "ack",
+            PeerMessage::Delta { .. } => "delta",
+            PeerMessage::Beats { .. } => "beats",
+            PeerMessage::DigestRoot { .. } => "digest_root",
+            PeerMessage::DigestBuckets { .. } => "digest_buckets",
+            PeerMessage::BucketRecords { .. } => "bucket_records",
+            PeerMessage::SnapshotRequest { .. } => "snapshot_request",
+            PeerMessage::Snapshot { .. } => "snapshot",
+        }
+    }
+
+    /// How many records or beats the message carries.
+    pub fn item_count(&self) -> usize {
+        match self {
+            PeerMessage::Delta { records }
+            | PeerMessage::BucketRecords { records, .. }
+            | PeerMessage::Snapshot { records, .. } => records.len(),
+            PeerMessage::Beats { beats } => beats.len(),
+            PeerMessage::DigestBuckets { buckets } => buckets.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FrameRef<'a> {
+    from: &'a NodeId,
+    msg: &'a PeerMessage,
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    from: NodeId,
+    msg: PeerMessage,
+}
+
+/// Encodes a message from `from` into a frame.
+pub fn encode(from: &NodeId, msg: &PeerMessage) -> Vec<u8> {
+    let out = PROTOCOL_VERSION.to_le_bytes().to_vec();
+    // Serialising these types into a Vec cannot fail: every field is a plain
+    // value, string, sequence or map of known length.
+    match postcard::to_extend(&FrameRef { from, msg }, out) {
+        Ok(v) => v,
+        Err(_) => PROTOCOL_VERSION.to_le_bytes().to_vec(),
+    }
+}
+
+/// Decodes a frame into its sender and message.
+pub fn decode(bytes: &[u8]) -> Result<(NodeId, PeerMessage), MessageError> {
+    let (head, body) = bytes
+        .split_first_chunk::<2>()
+        .ok_or_else(|| MessageError::Malformed("frame shorter than its version header".into()))?;
+    let got = u16::from_le_bytes(*head);
+    if got != PROTOCOL_VERSION {
+        return Err(MessageError::ProtocolVersion { got, expected: PROTOCOL_VERSION });
+    }
+    let (frame, rest): (Frame, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(MessageError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok((frame.from, frame.msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{InstanceData, Metadata, ServiceKey};
+    use crate::record::{InstanceState, Version};
+
+    fn sample() -> (NodeId, PeerMessage) {
+        let from = NodeId::parse("10.0.0.1:8848").unwrap();
+        let key =
+            InstanceKey::parse(ServiceKey::parse(None, None, "orders").unwrap(), None, "10.1.2.3", 8080)
+                .unwrap();
+        let data = InstanceData {
+            weight: 1.5,
+            healthy: true,
+            enabled: true,
+            ephemeral: true,
+            metadata: Metadata::from_map([("zone".to_owned(), "eu-1".to_owned())].into_iter().collect()),
+        };
+        let record = Record::Instance {
+            key: key.clone(),
+            version: Version { counter: 7 << 16, origin: from.clone() },
+            state: InstanceState::Live(data),
+        };
+        let msg = PeerMessage::Delta { records: vec![record] };
+        (from, msg)
+    }
+
+    #[test]
+    fn a_frame_round_trips() {
+        let (from, msg) = sample();
+        let bytes = encode(&from, &msg);
+        assert_eq!(decode(&bytes).unwrap(), (from, msg));
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused() {
+        let (from, msg) = sample();
+        let mut bytes = encode(&from, &msg);
+        bytes[0] = 9;
+        assert_eq!(decode(&bytes), Err(MessageError::ProtocolVersion { got: 9, expected: PROTOCOL_VERSION }));
+    }
+
+    #[test]
+    fn trailing_and_missing_bytes_are_refused() {
+        let (from, msg) = sample();
+        let mut bytes = encode(&from, &msg);
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode(&[1]), Err(MessageError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let mut framed = PROTOCOL_VERSION.to_le_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode(&framed);
+        }
+
+        #[test]
+        fn decoding_mutated_frames_never_panics(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (from, msg) = sample();
+            let mut bytes = encode(&from, &msg);
+            for (i, b) in flips {
+                let at = i.index(bytes.len());
+                bytes[at] ^= b;
+            }
+            let _ = decode(&bytes);
+            let _ = decode(&bytes[..cut.index(bytes.len())]);
+        }
+
+        #[test]
+        fn a_decoded_mutation_holds_only_valid_names(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let (from, msg) = sample();
+            let mut bytes = encode(&from, &msg);
+            for (i, b) in flips {
+                let at = 2 + i.index(bytes.len() - 2);
+                bytes[at] ^= b;
+            }
+            if let Ok((_, PeerMessage::Delta { records })) = decode(&bytes) {
+                for r in records {
+                    if let Record::Instance { key, .. } = r {
+                        prop_assert!(crate::model::check_name(crate::error::Field::Service, key.service.service.as_str()).is_ok());
+                        prop_assert!(crate::model::Host::parse(key.ip.as_str()).is_ok());
+                    }
+                }
+            }
+        }
+    }
+}

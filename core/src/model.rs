@@ -1,0 +1,631 @@
+//! The data model: validated names and keys, instances, services, metadata.
+//!
+//! namespace > group > service > cluster > instance. Every type here is
+//! validated when built ("parse, don't validate"): holding a [`ServiceKey`]
+//! or an [`InstanceKey`] means its fields are well-formed.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Field, InvalidInput};
+use crate::hash::StableHasher;
+
+/// The namespace used when a request names none.
+pub const DEFAULT_NAMESPACE: &str = "public";
+/// The group used when a request names none.
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+/// The cluster used when a request names none.
+pub const DEFAULT_CLUSTER: &str = "DEFAULT";
+/// The weight of an instance registered without one.
+pub const DEFAULT_WEIGHT: f64 = 1.0;
+/// The largest accepted weight.
+pub const MAX_WEIGHT: f64 = 10_000.0;
+/// The longest accepted service name, in bytes.
+pub const MAX_SERVICE_NAME_LEN: usize = 255;
+/// The longest accepted namespace, group or cluster name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// The longest accepted host name, in bytes (RFC 1123).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// A validated namespace, group, service or cluster name: 1 to 128 bytes (255
+/// for services) of `A-Z a-z 0-9 . _ : -`. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// Validates `s` as the value of `field`.
+    pub fn parse(field: Field, s: &str) -> Result<Name, InvalidInput> {
+        check_name(field, s)?;
+        Ok(Name(Arc::from(s)))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn max_len(field: Field) -> usize {
+    if field == Field::Service { MAX_SERVICE_NAME_LEN } else { MAX_NAME_LEN }
+}
+
+/// Checks `s` against the rule for names of `field`.
+pub fn check_name(field: Field, s: &str) -> Result<(), InvalidInput> {
+    let max = max_len(field);
+    if s.is_empty() || s.len() > max {
+        return Err(InvalidInput::new(field, format!("must be 1 to {max} characters long, got {}", s.len())));
+    }
+    if let Some(bad) = s.chars().find(|c| !is_name_char(*c)) {
+        return Err(InvalidInput::new(field, format!("may hold only A-Z a-z 0-9 . _ : -, found {bad:?}")));
+    }
+    Ok(())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Deserialises a name checked against the loosest name rule; the keys that
+/// hold names re-check each against its own field.
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        Name::parse(Field::Service, &s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The id of a registry node: its advertised address, e.g. `10.0.0.7:8848`.
+/// 1 to 255 printable ASCII characters without spaces. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// Validates `s` as a node id.
+    pub fn parse(s: &str) -> Result<NodeId, InvalidInput> {
+        if s.is_empty() || s.len() > 255 {
+            return Err(InvalidInput::new(Field::Node, "must be 1 to 255 characters long"));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidInput::new(Field::Node, "must be printable ASCII without spaces"));
+        }
+        Ok(NodeId(Arc::from(s)))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        NodeId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Identifies a service: namespace, group and service name.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+pub struct ServiceKey {
+    /// The namespace, `public` by default.
+    pub namespace: Name,
+    /// The group, `DEFAULT_GROUP` by default.
+    pub group: Name,
+    /// The service name.
+    pub service: Name,
+}
+
+impl ServiceKey {
+    /// Validates a service key; absent namespace and group take their defaults.
+    pub fn parse(
+        namespace: Option<&str>,
+        group: Option<&str>,
+        service: &str,
+    ) -> Result<ServiceKey, InvalidInput> {
+        Ok(ServiceKey {
+            namespace: Name::parse(Field::Namespace, namespace.unwrap_or(DEFAULT_NAMESPACE))?,
+            group: Name::parse(Field::Group, group.unwrap_or(DEFAULT_GROUP))?,
+            service: Name::parse(Field::Service, service)?,
+        })
+    }
+
+    /// Feeds the key into a stable hasher.
+    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+        h.str(self.namespace.as_str()).str(self.group.as_str()).str(self.service.as_str());
+    }
+
+    /// The stable hash of the key.
+    pub fn stable_hash(&self) -> u64 {
+        let mut h = StableHasher::new();
+        self.hash_into(&mut h);
+        h.finish()
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.group, self.service)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawServiceKey<'a> {
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow)]
+    group: Cow<'a, str>,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+}
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServiceKey, D::Error> {
+        let raw = RawServiceKey::deserialize(d)?;
+        ServiceKey::parse(Some(&raw.namespace), Some(&raw.group), &raw.service)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An instance's host: an IPv4 or IPv6 address in canonical form, or an RFC
+/// 1123 host name in lower case.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Host(Arc<str>);
+
+impl Host {
+    /// Validates and canonicalises a host.
+    pub fn parse(s: &str) -> Result<Host, InvalidInput> {
+        Ok(Host(Arc::from(canonical_host(s)?.as_ref())))
+    }
+
+    /// The host as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The canonical form of a host, borrowed when `s` is canonical already.
+pub fn canonical_host(s: &str) -> Result<Cow<'_, str>, InvalidInput> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        let canonical = ip.to_string();
+        return Ok(if canonical == s { Cow::Borrowed(s) } else { Cow::Owned(canonical) });
+    }
+    check_hostname(s)?;
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(s.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(s))
+    }
+}
+
+fn check_hostname(s: &str) -> Result<(), InvalidInput> {
+    let bad = |why: &str| {
+        InvalidInput::new(
+            Field::Ip,
+            format!("must be an IPv4 address, an IPv6 address or a host name ({why}), got {s:?}"),
+        )
+    };
+    if s.is_empty() || s.len() > MAX_HOST_LEN {
+        return Err(bad("1 to 253 characters"));
+    }
+    let all_numeric = s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if all_numeric {
+        return Err(bad("not a valid IPv4 address"));
+    }
+    for label in s.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("labels of 1 to 63 characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(bad("letters, digits, '-' and '.'"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("labels do not start or end with '-'"));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Host {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Host, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        Host::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Validates a port given as any integer.
+pub fn parse_port(port: i64) -> Result<u16, InvalidInput> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(InvalidInput::new(Field::Port, format!("must be 1 to 65535, got {port}"))),
+    }
+}
+
+/// Validates a weight: finite, 0 to 10000.
+pub fn parse_weight(weight: f64) -> Result<f64, InvalidInput> {
+    if weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(InvalidInput::new(Field::Weight, format!("must be a number from 0 to 10000, got {weight}")))
+    }
+}
+
+/// Validates a protect threshold: finite, 0 to 1.
+pub fn parse_protect_threshold(t: f64) -> Result<f64, InvalidInput> {
+    if t.is_finite() && (0.0..=1.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(InvalidInput::new(Field::ProtectThreshold, format!("must be a number from 0 to 1, got {t}")))
+    }
+}
+
+/// Identifies an instance: service, cluster, host and port.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+pub struct InstanceKey {
+    /// The service the instance belongs to.
+    pub service: ServiceKey,
+    /// The cluster within the service, `DEFAULT` by default.
+    pub cluster: Name,
+    /// The host.
+    pub ip: Host,
+    /// The port, 1 to 65535.
+    pub port: u16,
+}
+
+impl InstanceKey {
+    /// Validates an instance key; an absent cluster takes its default.
+    pub fn parse(
+        service: ServiceKey,
+        cluster: Option<&str>,
+        ip: &str,
+        port: i64,
+    ) -> Result<InstanceKey, InvalidInput> {
+        Ok(InstanceKey {
+            service,
+            cluster: Name::parse(Field::Cluster, cluster.unwrap_or(DEFAULT_CLUSTER))?,
+            ip: Host::parse(ip)?,
+            port: parse_port(port)?,
+        })
+    }
+
+    /// The stable hash of the key: the same on every node and platform.
+    pub fn stable_hash(&self) -> u64 {
+        instance_hash(&self.service, self.cluster.as_str(), self.ip.as_str(), self.port)
+    }
+
+    /// The instance id shown to clients: `ip#port#cluster`.
+    pub fn instance_id(&self) -> String {
+        format!("{}#{}#{}", self.ip, self.port, self.cluster)
+    }
+}
+
+/// The stable hash of an instance key given by parts.
+pub(crate) fn instance_hash(service: &ServiceKey, cluster: &str, ip: &str, port: u16) -> u64 {
+    let mut h = StableHasher::new();
+    service.hash_into(&mut h);
+    h.str(cluster).str(ip).u64(u64::from(port));
+    h.finish()
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ip.as_str().contains(':') {
+            write!(f, "{}/{}/[{}]:{}", self.service, self.cluster, self.ip, self.port)
+        } else {
+            write!(f, "{}/{}/{}:{}", self.service, self.cluster, self.ip, self.port)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawInstanceKey<'a> {
+    service: ServiceKey,
+    #[serde(borrow)]
+    cluster: Cow<'a, str>,
+    #[serde(borrow)]
+    ip: Cow<'a, str>,
+    port: u16,
+}
+
+impl<'de> Deserialize<'de> for InstanceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<InstanceKey, D::Error> {
+        let raw = RawInstanceKey::deserialize(d)?;
+        InstanceKey::parse(raw.service, Some(&raw.cluster), &raw.ip, i64::from(raw.port))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// String metadata of an instance or a service, sorted by key, compact in
+/// memory (a boxed slice, not a tree).
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Metadata(Option<Arc<[MetadataEntry]>>);
+
+/// One metadata entry: key and value.
+type MetadataEntry = (Box<str>, Box<str>);
+
+impl Metadata {
+    /// Builds metadata from a map, checking it against `limits`.
+    pub fn parse(map: BTreeMap<String, String>, limits: &MetadataLimits) -> Result<Metadata, InvalidInput> {
+        let m = Metadata::from_map(map);
+        m.check(limits)?;
+        Ok(m)
+    }
+
+    /// Builds metadata from a map without checking limits.
+    pub fn from_map(map: BTreeMap<String, String>) -> Metadata {
+        if map.is_empty() {
+            return Metadata(None);
+        }
+        Metadata(Some(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect()))
+    }
+
+    fn entries(&self) -> &[(Box<str>, Box<str>)] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    /// Checks the entry count, the byte size and the keys.
+    pub fn check(&self, limits: &MetadataLimits) -> Result<(), InvalidInput> {
+        if self.len() > limits.max_entries {
+            return Err(InvalidInput::new(
+                Field::Metadata,
+                format!("at most {} entries, got {}", limits.max_entries, self.len()),
+            ));
+        }
+        let bytes = self.byte_size();
+        if bytes > limits.max_bytes {
+            return Err(InvalidInput::new(
+                Field::Metadata,
+                format!("at most {} bytes of keys and values, got {bytes}", limits.max_bytes),
+            ));
+        }
+        if let Some((k, _)) = self.entries().iter().find(|(k, _)| k.is_empty() || k.len() > 128) {
+            return Err(InvalidInput::new(
+                Field::Metadata,
+                format!("keys must be 1 to 128 bytes, got {} bytes", k.len()),
+            ));
+        }
+        if let Some((k, _)) = self.entries().iter().find(|(k, v)| has_control(k) || has_control(v)) {
+            return Err(InvalidInput::new(Field::Metadata, format!("entry {k:?} holds a control character")));
+        }
+        Ok(())
+    }
+
+    /// Total bytes of keys and values.
+    pub fn byte_size(&self) -> usize {
+        self.entries().iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let entries = self.entries();
+        let i = entries.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        entries.get(i).map(|(_, v)| &**v)
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries().iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// A map copy of the entries.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+
+    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+        h.u64(self.len() as u64);
+        for (k, v) in self.iter() {
+            h.str(k).str(v);
+        }
+    }
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
+        Ok(Metadata::from_map(BTreeMap::deserialize(d)?))
+    }
+}
+
+/// Limits on metadata, from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataLimits {
+    /// Most entries.
+    pub max_entries: usize,
+    /// Most bytes of keys and values together.
+    pub max_bytes: usize,
+}
+
+/// The replicated state of a live instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceData {
+    /// Share of traffic relative to the service's other instances, 0 to 10000.
+    pub weight: f64,
+    /// Whether the instance passes its health check (heartbeats for ephemeral
+    /// instances, active checks or the client for persistent ones).
+    pub healthy: bool,
+    /// Whether the instance takes traffic at all.
+    pub enabled: bool,
+    /// Whether the instance lives by heartbeats (`true`) or is persistent.
+    pub ephemeral: bool,
+    /// Free-form string metadata.
+    pub metadata: Metadata,
+}
+
+impl InstanceData {
+    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+        h.u64(self.weight.to_bits())
+            .u64(u64::from(self.healthy))
+            .u64(u64::from(self.enabled))
+            .u64(u64::from(self.ephemeral));
+        self.metadata.hash_into(h);
+    }
+}
+
+/// The replicated, client-settable state of a service.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct ServiceMeta {
+    /// When the share of healthy instances falls below this (0 to 1), queries
+    /// return all instances and say so.
+    pub protect_threshold: f64,
+    /// Free-form string metadata.
+    pub metadata: Metadata,
+}
+
+impl ServiceMeta {
+    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+        h.u64(self.protect_threshold.to_bits());
+        self.metadata.hash_into(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> MetadataLimits {
+        MetadataLimits { max_entries: 2, max_bytes: 10 }
+    }
+
+    #[test]
+    fn names_outside_the_charset_are_refused_with_the_field() {
+        let err = Name::parse(Field::Group, "a b").unwrap_err();
+        assert_eq!(err.field, Field::Group);
+        assert!(Name::parse(Field::Cluster, "").is_err());
+        assert!(Name::parse(Field::Cluster, &"x".repeat(129)).is_err());
+        assert!(Name::parse(Field::Service, &"x".repeat(255)).is_ok());
+        assert!(Name::parse(Field::Service, "orders-v2.prod:eu_1").is_ok());
+    }
+
+    #[test]
+    fn hosts_are_canonicalised() {
+        assert_eq!(Host::parse("0:0::1").unwrap().as_str(), "::1");
+        assert_eq!(Host::parse("Db-1.Example.COM").unwrap().as_str(), "db-1.example.com");
+        assert_eq!(Host::parse("10.0.0.1").unwrap().as_str(), "10.0.0.1");
+    }
+
+    #[test]
+    fn malformed_hosts_are_refused() {
+        for bad in ["", "10.0.0.256", "-a.com", "a..b", "a_b", "1.2.3", &"a".repeat(64)] {
+            assert_eq!(Host::parse(bad).unwrap_err().field, Field::Ip, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_weights_and_thresholds_are_range_checked() {
+        assert!(parse_port(0).is_err());
+        assert!(parse_port(65536).is_err());
+        assert_eq!(parse_port(8080).unwrap(), 8080);
+        assert!(parse_weight(f64::NAN).is_err());
+        assert!(parse_weight(-1.0).is_err());
+        assert!(parse_weight(10_000.5).is_err());
+        assert_eq!(parse_weight(0.0).unwrap(), 0.0);
+        assert!(parse_protect_threshold(1.5).is_err());
+    }
+
+    #[test]
+    fn metadata_over_its_limits_is_refused() {
+        let three = [("a", "1"), ("b", "2"), ("c", "3")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert!(Metadata::parse(three.into_iter().collect(), &limits()).is_err());
+        let big = [("k".to_owned(), "0123456789".to_owned())].into_iter().collect();
+        assert!(Metadata::parse(big, &limits()).is_err());
+        let ok = Metadata::parse([("k".to_owned(), "v".to_owned())].into_iter().collect(), &limits());
+        assert_eq!(ok.unwrap().get("k"), Some("v"));
+    }
+
+    #[test]
+    fn key_deserialisation_revalidates_every_field() {
+        let key =
+            InstanceKey::parse(ServiceKey::parse(None, None, "svc").unwrap(), None, "10.0.0.1", 80).unwrap();
+        let bytes = postcard::to_allocvec(&key).unwrap();
+        let back: InstanceKey = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, key);
+        let mut bad = bytes.clone();
+        // Corrupt the first byte of the namespace string into a space.
+        bad[1] = b' ';
+        assert!(postcard::from_bytes::<InstanceKey>(&bad).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Timers: expiry of silent ephemeral instances and purge of tombstones.
+//!
+//! Each ephemeral instance and each tombstone has exactly one entry in
+//! `timers`. Entries are armed at the earliest moment something could be
+//! due; a due entry recomputes from the instance's current state and either
+//! acts or re-arms (heartbeats never touch the timer set).
+
+use std::time::Duration;
+
+use crate::lease::Lease;
+use crate::record::{InstanceState, RemoveCause, ServiceState};
+use crate::time::Timestamp;
+
+use super::{Registry, TimerRef};
+
+/// What a due instance timer found.
+enum Due {
+    Rearm(Timestamp),
+    MarkUnhealthy,
+    Remove,
+    Purge,
+}
+
+impl Registry {
+    /// The earliest timer.
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Handles due timers, at most `budget` of them. Returns how many it
+    /// handled.
+    pub(crate) fn handle_timeout(&mut self, now: Timestamp, budget: usize) -> usize {
+        let mut handled = 0;
+        while handled < budget {
+            let Some(&(at, what)) = self.timers.first() else { break };
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            handled += 1;
+            match what {
+                TimerRef::Instance(i) => {
+                    if let Some(e) = self.instances.get_mut(i) {
+                        e.timer = None;
+                    }
+                    self.instance_due(now, i);
+                }
+                TimerRef::Service(i) => self.service_due(now, i),
+            }
+        }
+        handled
+    }
+
+    fn instance_due(&mut self, now: Timestamp, index: u32) {
+        let Some(e) = self.instances.get(index) else { return };
+        let due = match &e.state {
+            InstanceState::Removed(_) => {
+                let purge_at = self.purge_time(now, e.version.physical_ms());
+                if purge_at <= now { Due::Purge } else { Due::Rearm(purge_at) }
+            }
+            InstanceState::Live(d) => {
+                let lease = Lease::from_metadata_or_default(&d.metadata, &self.timings);
+                let base = e.last_beat.max(self.grace_epoch);
+                if !self.responsibility.is_mine(e.hash) {
+                    Due::Rearm(now.max(base) + lease.unhealthy_after)
+                } else if now >= base + lease.remove_after {
+                    Due::Remove
+                } else if d.healthy && now >= base + lease.unhealthy_after {
+                    Due::MarkUnhealthy
+                } else if d.healthy {
+                    Due::Rearm(base + lease.unhealthy_after)
+                } else {
+                    Due::Rearm(base + lease.remove_after)
+                }
+            }
+        };
+        match due {
+            Due::Rearm(at) => self.arm_instance(index, at),
+            Due::Purge => {
+                self.stats.purged += 1;
+                self.purge_instance(index);
+            }
+            Due::MarkUnhealthy => self.mark_unhealthy(now, index),
+            Due::Remove => self.expire(now, index),
+        }
+    }
+
+    fn mark_unhealthy(&mut self, now: Timestamp, index: u32) {
+        let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) else { return };
+        let mut d = d.clone();
+        d.healthy = false;
+        let version = self.next_version(now);
+        self.stats.marked_unhealthy += 1;
+        self.set_instance(index, version, InstanceState::Live(d), now, true);
+    }
+
+    fn expire(&mut self, now: Timestamp, index: u32) {
+        let ephemeral = self.stats.ephemeral_instances;
+        if !self.brake.allow(now, index, ephemeral) {
+            self.stats.braked += 1;
+            let recheck = now + self.brake.recheck_after();
+            if let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) {
+                if d.healthy {
+                    self.mark_unhealthy(now, index);
+                }
+            }
+            self.arm_instance(index, recheck);
+            return;
+        }
+        let version = self.next_version(now);
+        self.stats.expired += 1;
+        self.set_instance(index, version, InstanceState::Removed(RemoveCause::Expired), now, true);
+    }
+
+    fn service_due(&mut self, now: Timestamp, index: u32) {
+        let Some(s) = self.services.get_mut(index) else { return };
+        let Some(r) = s.record.as_mut() else { return };
+        r.timer = None;
+        if !matches!(r.state, ServiceState::Removed) {
+            return;
+        }
+        let physical = r.version.physical_ms();
+        let purge_at = self.purge_time(now, physical);
+        if purge_at > now {
+            self.arm_service(index, purge_at);
+            return;
+        }
+        self.purge_service_record(index);
+    }
+
+    /// Local time at which a tombstone written at wall time `physical_ms` is
+    /// purged: `tombstone_ttl` after it was written, by the hybrid clock, so
+    /// that every node purges it at about the same moment.
+    pub(super) fn purge_time(&self, now: Timestamp, physical_ms: u64) -> Timestamp {
+        let purge_wall = physical_ms.saturating_add(crate::time::millis(self.timings.tombstone_ttl));
+        let wall_now = self.wall(now);
+        now + Duration::from_millis(purge_wall.saturating_sub(wall_now))
+    }
+
+    /// Whether a tombstone written at `physical_ms` is past its purge time.
+    pub(super) fn tombstone_expired(&self, now: Timestamp, physical_ms: u64) -> bool {
+        self.purge_time(now, physical_ms) <= now
+    }
+
+    /// Arms (or re-arms) the single timer of an instance.
+    pub(super) fn arm_instance(&mut self, index: u32, at: Timestamp) {
+        let Some(e) = self.instances.get_mut(index) else { return };
+        if let Some(old) = e.timer.replace(at) {
+            self.timers.remove(&(old, TimerRef::Instance(index)));
+        }
+        self.timers.insert((at, TimerRef::Instance(index)));
+    }
+
+    fn disarm_instance(&mut self, index: u32) {
+        let Some(e) = self.instances.get_mut(index) else { return };
+        if let Some(old) = e.timer.take() {
+            self.timers.remove(&(old, TimerRef::Instance(index)));
+        }
+    }
+
+    /// Arms the timer an instance needs in its current state: the first
+    /// deadline for a live ephemeral instance, the purge for a tombstone,
+    /// none for a persistent instance.
+    pub(super) fn schedule_instance(&mut self, index: u32, now: Timestamp) {
+        let Some(e) = self.instances.get(index) else { return };
+        let at = match &e.state {
+            InstanceState::Live(d) if !d.ephemeral => None,
+            InstanceState::Live(d) => {
+                let lease = Lease::from_metadata_or_default(&d.metadata, &self.timings);
+                let base = e.last_beat.max(self.grace_epoch);
+                Some(if d.healthy { base + lease.unhealthy_after } else { base + lease.remove_after })
+            }
+            InstanceState::Removed(_) => Some(self.purge_time(now, e.version.physical_ms())),
+        };
+        match at {
+            Some(at) => self.arm_instance(index, at),
+            None => self.disarm_instance(index),
+        }
+    }
+
+    pub(super) fn arm_service(&mut self, index: u32, at: Timestamp) {
+        let Some(r) = self.services.get_mut(index).and_then(|s| s.record.as_mut()) else { return };
+        if let Some(old) = r.timer.replace(at) {
+            self.timers.remove(&(old, TimerRef::Service(index)));
+        }
+        self.timers.insert((at, TimerRef::Service(index)));
+    }
+
+    pub(super) fn disarm_service(&mut self, index: u32) {
+        let Some(r) = self.services.get_mut(index).and_then(|s| s.record.as_mut()) else { return };
+        if let Some(old) = r.timer.take() {
+            self.timers.remove(&(old, TimerRef::Service(index)));
+        }
+    }
+}

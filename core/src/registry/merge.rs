@@ -1,0 +1,191 @@
+//! Merging records from peers (last-writer-wins by version, see
+//! [`crate::record::precedence`]), and refuting expiries this node knows to
+//! be wrong.
+//!
+//! Refutation (after SWIM's, Das et al. 2002, section 4.2): when a record
+//! arrives that marks an ephemeral instance unhealthy or expired, but this
+//! node has itself seen the instance's heartbeat within its unhealthy time,
+//! the responsible node was cut off from those beats. This node re-issues the
+//! instance as healthy with a newer version, and forwards the evidence (how
+//! long ago it saw the beat) to the responsible node. A deregistration is
+//! never refuted: the client asked for it.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use crate::lease::Lease;
+use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
+use crate::record::{
+    InstanceState, Record, RemoveCause, ServiceState, Version, instance_state_hash, service_state_hash,
+};
+use crate::time::Timestamp;
+
+use super::{Registry, ServiceRecord};
+
+/// What merging one record did.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum MergeOutcome {
+    /// The record was newer and is now stored.
+    Applied,
+    /// The local record is as new or newer; nothing changed.
+    Stale,
+    /// The record would have wrongly expired (or marked unhealthy) an
+    /// instance this node hears from; a newer healthy version was issued.
+    Refuted { key: InstanceKey, age: Duration },
+    /// The record was refused; nothing changed.
+    Rejected(String),
+}
+
+impl Registry {
+    /// Merges one record received from a peer.
+    pub(crate) fn merge(&mut self, now: Timestamp, record: Record) -> MergeOutcome {
+        if let Err(why) = self.check_record(now, &record) {
+            self.stats.rejected += 1;
+            return MergeOutcome::Rejected(why);
+        }
+        self.hlc.observe(record.version().counter);
+        let outcome = match record {
+            Record::Instance { key, version, state } => self.merge_instance(now, key, version, state),
+            Record::Service { key, version, state } => self.merge_service(now, &key, version, state),
+        };
+        match &outcome {
+            MergeOutcome::Applied => self.stats.merged += 1,
+            MergeOutcome::Stale => self.stats.stale += 1,
+            MergeOutcome::Refuted { .. } => self.stats.refuted += 1,
+            MergeOutcome::Rejected(_) => self.stats.rejected += 1,
+        }
+        outcome
+    }
+
+    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), String> {
+        let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
+        if record.version().physical_ms() > limit {
+            return Err(format!(
+                "version {:?} is further ahead of this node's clock than max_clock_skew",
+                record.version()
+            ));
+        }
+        let metadata_limits = self.limits.metadata();
+        match record {
+            Record::Instance { state: InstanceState::Live(d), .. } => {
+                parse_weight(d.weight).map_err(|e| e.to_string())?;
+                d.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+            }
+            Record::Service { state: ServiceState::Live(m), .. } => {
+                parse_protect_threshold(m.protect_threshold).map_err(|e| e.to_string())?;
+                m.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn merge_instance(
+        &mut self,
+        now: Timestamp,
+        key: InstanceKey,
+        version: Version,
+        state: InstanceState,
+    ) -> MergeOutcome {
+        let hash = key.stable_hash();
+        let Some(index) = self.find_instance_hashed(hash, &key) else {
+            if matches!(state, InstanceState::Removed(_))
+                && self.tombstone_expired(now, version.physical_ms())
+            {
+                return MergeOutcome::Stale;
+            }
+            let inserted = self
+                .service_entry(&key.service)
+                .and_then(|s| self.insert_instance(s, &key, hash, version.clone(), now));
+            let index = match inserted {
+                Ok(i) => i,
+                Err(e) => return MergeOutcome::Rejected(e.to_string()),
+            };
+            self.set_instance(index, version, state, now, false);
+            return MergeOutcome::Applied;
+        };
+        let Some(current) = self.instances.get(index) else { return MergeOutcome::Stale };
+        let order = (&version, instance_state_hash(&state))
+            .cmp(&(&current.version, instance_state_hash(&current.state)));
+        if order != Ordering::Greater {
+            return MergeOutcome::Stale;
+        }
+        if let Some(age) = self.refutes(now, index, &version, &state) {
+            let mut data = match (&state, &current.state) {
+                (InstanceState::Live(d), _) | (_, InstanceState::Live(d)) => d.clone(),
+                _ => return MergeOutcome::Stale,
+            };
+            data.healthy = true;
+            let fresh = self.next_version(now);
+            self.set_instance(index, fresh, InstanceState::Live(data), now, true);
+            return MergeOutcome::Refuted { key, age };
+        }
+        if current.live().is_none() && matches!(state, InstanceState::Live(_)) {
+            // Back from a tombstone: a fresh grace period, no evidence yet.
+            if let Some(e) = self.instances.get_mut(index) {
+                e.last_beat = now;
+                e.witnessed = false;
+            }
+        }
+        self.set_instance(index, version, state, now, false);
+        MergeOutcome::Applied
+    }
+
+    /// How long ago this node saw a beat of the instance, if that refutes
+    /// the incoming unhealthy mark or expiry.
+    fn refutes(
+        &self,
+        now: Timestamp,
+        index: u32,
+        version: &Version,
+        state: &InstanceState,
+    ) -> Option<Duration> {
+        if version.origin == self.me {
+            return None;
+        }
+        let e = self.instances.get(index)?;
+        let current = e.live()?;
+        let condemns = match state {
+            InstanceState::Removed(RemoveCause::Expired) => current.ephemeral,
+            InstanceState::Removed(RemoveCause::Deregistered) => false,
+            InstanceState::Live(d) => d.ephemeral && !d.healthy && current.healthy,
+        };
+        if !condemns || !e.witnessed {
+            return None;
+        }
+        let lease = Lease::from_metadata_or_default(&current.metadata, &self.timings);
+        let age = now.saturating_since(e.last_beat);
+        (age < lease.unhealthy_after).then_some(age)
+    }
+
+    fn merge_service(
+        &mut self,
+        now: Timestamp,
+        key: &ServiceKey,
+        version: Version,
+        state: ServiceState,
+    ) -> MergeOutcome {
+        let existing = self.find_service(key);
+        let current = existing.and_then(|i| self.services.get(i)).and_then(|s| s.record.as_ref());
+        match current {
+            Some(ServiceRecord { version: v, state: s, .. }) => {
+                let order = (&version, service_state_hash(&state)).cmp(&(v, service_state_hash(s)));
+                if order != Ordering::Greater {
+                    return MergeOutcome::Stale;
+                }
+            }
+            None => {
+                if matches!(state, ServiceState::Removed)
+                    && self.tombstone_expired(now, version.physical_ms())
+                {
+                    return MergeOutcome::Stale;
+                }
+            }
+        }
+        let index = match self.service_entry(key) {
+            Ok(i) => i,
+            Err(e) => return MergeOutcome::Rejected(e.to_string()),
+        };
+        self.set_service_record(index, version, state, now, false);
+        MergeOutcome::Applied
+    }
+}

@@ -1,0 +1,928 @@
+//! The Service Manager and its Storage: an indexed in-memory store of
+//! services and instances, the client operations on it, heartbeat leases and
+//! expiry, and the merge of records from peers.
+//!
+//! Layout: instances and services live in [`Slab`]s; hash tables keyed by the
+//! stable hash of the key map keys to slab indices (four bytes per entry, the
+//! key is stored once, in the slab); a `BTreeSet<(Timestamp, TimerRef)>` holds
+//! exactly one timer per ephemeral instance and per tombstone. Heartbeats only
+//! write `last_beat`; a due timer recomputes the real deadline and re-arms
+//! itself if the instance beat meanwhile (lazy re-arming), so a heartbeat
+//! costs one hash lookup and the work of `handle_timeout` is proportional to
+//! the timers that are due.
+
+mod brake;
+pub(crate) mod digest;
+mod expiry;
+mod merge;
+mod services;
+
+pub(crate) use self::merge::MergeOutcome;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashTable;
+
+use crate::config::{BrakeConfig, Limits, Timings};
+use crate::error::{Field, InvalidInput, RequestError};
+use crate::lease::Lease;
+use crate::model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, parse_weight};
+use crate::record::{
+    Hlc, InstanceState, Record, RemoveCause, ServiceState, Version, digest_hash, instance_state_hash,
+    service_record_hash,
+};
+use crate::request::{BeatReply, RegisterRequest, Registered, UpdateRequest};
+use crate::responsibility::Responsibility;
+use crate::slab::{Handle, Slab};
+use crate::time::Timestamp;
+use crate::view::{InstanceView, QueryAnswer, Selector, ServiceView};
+
+use self::brake::Brake;
+use self::digest::Digest;
+
+/// What a timer entry refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum TimerRef {
+    Instance(u32),
+    Service(u32),
+}
+
+/// A record that changed, by slab handle (resolved when it is sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum RecordRef {
+    Instance(Handle),
+    Service(Handle),
+}
+
+#[derive(Debug)]
+pub(crate) struct InstanceEntry {
+    service: u32,
+    /// Position in the service's `members`.
+    pos: u32,
+    /// Stable hash of the instance key.
+    hash: u64,
+    cluster: Name,
+    ip: Host,
+    port: u16,
+    version: Version,
+    state: InstanceState,
+    /// Latest evidence of life seen here, or when the record arrived.
+    last_beat: Timestamp,
+    /// Whether `last_beat` is evidence from a client (directly or forwarded).
+    witnessed: bool,
+    /// This entry's timer, if any.
+    timer: Option<Timestamp>,
+}
+
+impl InstanceEntry {
+    fn live(&self) -> Option<&InstanceData> {
+        match &self.state {
+            InstanceState::Live(d) => Some(d),
+            InstanceState::Removed(_) => None,
+        }
+    }
+
+    fn digest_hash(&self) -> u64 {
+        digest_hash(self.hash, &self.version, instance_state_hash(&self.state))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ServiceRecord {
+    version: Version,
+    state: ServiceState,
+    timer: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ServiceEntry {
+    key: ServiceKey,
+    /// Stable hash of the service key (the index hash).
+    hash: u64,
+    /// Explicit settings (or their tombstone); `None` for a service that
+    /// exists only through its instances.
+    record: Option<ServiceRecord>,
+    /// Instance slots, live and tombstones.
+    members: Vec<u32>,
+    live: u32,
+    healthy: u32,
+    view: Option<Arc<ServiceView>>,
+}
+
+impl ServiceEntry {
+    /// Whether clients see the service: explicit, or with live instances.
+    fn visible(&self) -> bool {
+        self.live > 0 || matches!(self.record, Some(ServiceRecord { state: ServiceState::Live(_), .. }))
+    }
+
+    fn explicit(&self) -> bool {
+        matches!(self.record, Some(ServiceRecord { state: ServiceState::Live(_), .. }))
+    }
+}
+
+/// Counters for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Live instances.
+    pub instances: usize,
+    /// Live instances that are healthy.
+    pub healthy_instances: usize,
+    /// Live ephemeral instances.
+    pub ephemeral_instances: usize,
+    /// Instance tombstones.
+    pub tombstones: usize,
+    /// Services visible to clients.
+    pub services: usize,
+    /// Heartbeats accepted (direct and forwarded).
+    pub heartbeats: u64,
+    /// Heartbeats for unknown instances.
+    pub unknown_heartbeats: u64,
+    /// Instances marked unhealthy for silence by this node.
+    pub marked_unhealthy: u64,
+    /// Instances removed for silence by this node.
+    pub expired: u64,
+    /// Removals held back by the expiry brake.
+    pub braked: u64,
+    /// Expiries or unhealthy marks of other nodes refuted by this node.
+    pub refuted: u64,
+    /// Records merged from peers that changed the store.
+    pub merged: u64,
+    /// Records from peers that lost to the local version.
+    pub stale: u64,
+    /// Records from peers refused (invalid or over a limit).
+    pub rejected: u64,
+    /// Tombstones purged.
+    pub purged: u64,
+}
+
+/// How a heartbeat was taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BeatOutcome {
+    Unknown,
+    Known { interval: Duration, forward_to: Option<NodeId> },
+}
+
+pub(crate) struct Registry {
+    me: NodeId,
+    wall_clock_ms: u64,
+    hlc: Hlc,
+    timings: Timings,
+    limits: Limits,
+    services: Slab<ServiceEntry>,
+    service_index: HashTable<u32>,
+    instances: Slab<InstanceEntry>,
+    instance_index: HashTable<u32>,
+    timers: BTreeSet<(Timestamp, TimerRef)>,
+    digest: Digest,
+    brake: Brake,
+    responsibility: Responsibility,
+    grace_epoch: Timestamp,
+    stats: RegistryStats,
+    /// Records changed by this node (to push to peers).
+    local_changes: Vec<RecordRef>,
+    /// Services whose visible content changed (to wake watchers).
+    changed_services: BTreeSet<ServiceKey>,
+}
+
+impl Registry {
+    pub(crate) fn new(
+        me: NodeId,
+        wall_clock_ms: u64,
+        timings: Timings,
+        limits: Limits,
+        brake: BrakeConfig,
+    ) -> Registry {
+        Registry {
+            responsibility: Responsibility::alone(me.clone()),
+            me,
+            wall_clock_ms,
+            hlc: Hlc::new(),
+            timings,
+            limits,
+            services: Slab::default(),
+            service_index: HashTable::new(),
+            instances: Slab::default(),
+            instance_index: HashTable::new(),
+            timers: BTreeSet::new(),
+            digest: Digest::default(),
+            brake: Brake::new(brake),
+            grace_epoch: Timestamp::ZERO,
+            stats: RegistryStats::default(),
+            local_changes: Vec::new(),
+            changed_services: BTreeSet::new(),
+        }
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    pub(crate) fn stats(&self) -> RegistryStats {
+        RegistryStats { services: self.services.iter().filter(|(_, s)| s.visible()).count(), ..self.stats }
+    }
+
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub(crate) fn hlc_counter(&self) -> u64 {
+        self.hlc.last()
+    }
+
+    pub(crate) fn brake_engaged(&self) -> bool {
+        self.brake.engaged()
+    }
+
+    pub(crate) fn brake_held(&self) -> usize {
+        self.brake.held()
+    }
+
+    pub(crate) fn responsibility(&self) -> &Responsibility {
+        &self.responsibility
+    }
+
+    pub(crate) fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub(crate) fn take_local_changes(&mut self) -> std::vec::Drain<'_, RecordRef> {
+        self.local_changes.drain(..)
+    }
+
+    pub(crate) fn pop_changed_service(&mut self) -> Option<ServiceKey> {
+        self.changed_services.pop_first()
+    }
+
+    // ---- configuration from the node -----------------------------------
+
+    /// Who is responsible for what changed (membership change).
+    pub(crate) fn set_responsibility(&mut self, r: Responsibility) {
+        self.responsibility = r;
+    }
+
+    /// Gives every instance a fresh grace period from `now`: no instance is
+    /// marked unhealthy before `now + unhealthy_after`.
+    pub(crate) fn grant_grace(&mut self, now: Timestamp) {
+        self.grace_epoch = self.grace_epoch.max(now);
+    }
+
+    // ---- versions ------------------------------------------------------
+
+    fn wall(&self, now: Timestamp) -> u64 {
+        self.wall_clock_ms.saturating_add(now.as_millis())
+    }
+
+    fn next_version(&mut self, now: Timestamp) -> Version {
+        let wall = self.wall(now);
+        Version { counter: self.hlc.tick(wall), origin: self.me.clone() }
+    }
+
+    // ---- lookups -------------------------------------------------------
+
+    fn find_service(&self, key: &ServiceKey) -> Option<u32> {
+        let hash = key.stable_hash();
+        let services = &self.services;
+        self.service_index
+            .find(hash, |&i| services.get(i).is_some_and(|s| s.hash == hash && s.key == *key))
+            .copied()
+    }
+
+    fn find_instance(&self, key: &InstanceKey) -> Option<u32> {
+        self.find_instance_hashed(key.stable_hash(), key)
+    }
+
+    fn find_instance_hashed(&self, hash: u64, key: &InstanceKey) -> Option<u32> {
+        let (instances, services) = (&self.instances, &self.services);
+        self.instance_index
+            .find(hash, |&i| {
+                instances.get(i).is_some_and(|e| {
+                    e.hash == hash
+                        && e.port == key.port
+                        && e.ip == key.ip
+                        && e.cluster == key.cluster
+                        && services.get(e.service).is_some_and(|s| s.key == key.service)
+                })
+            })
+            .copied()
+    }
+
+    fn instance_key(&self, e: &InstanceEntry) -> Option<InstanceKey> {
+        let service = self.services.get(e.service)?.key.clone();
+        Some(InstanceKey { service, cluster: e.cluster.clone(), ip: e.ip.clone(), port: e.port })
+    }
+
+    /// The service entry for `key`, created (implicit) if absent.
+    fn service_entry(&mut self, key: &ServiceKey) -> Result<u32, RequestError> {
+        if let Some(i) = self.find_service(key) {
+            return Ok(i);
+        }
+        if self.services.len() >= self.limits.max_services {
+            return Err(RequestError::LimitExceeded {
+                what: "max_services",
+                limit: self.limits.max_services,
+            });
+        }
+        let hash = key.stable_hash();
+        let entry = ServiceEntry {
+            key: key.clone(),
+            hash,
+            record: None,
+            members: Vec::new(),
+            live: 0,
+            healthy: 0,
+            view: None,
+        };
+        let handle = self
+            .services
+            .insert(entry)
+            .ok_or(RequestError::LimitExceeded { what: "max_services", limit: self.limits.max_services })?;
+        let services = &self.services;
+        self.service_index.insert_unique(hash, handle.index, |&i| services.get(i).map_or(0, |s| s.hash));
+        Ok(handle.index)
+    }
+
+    /// Removes a service entry that holds nothing any more.
+    fn drop_service_if_empty(&mut self, index: u32) {
+        let Some(s) = self.services.get(index) else { return };
+        if !s.members.is_empty() || s.record.is_some() {
+            return;
+        }
+        let hash = s.hash;
+        if let Ok(entry) = self.service_index.find_entry(hash, |&i| i == index) {
+            entry.remove();
+        }
+        self.services.remove(index);
+    }
+
+    /// A new instance slot (state set by the caller through `set_instance`).
+    fn insert_instance(
+        &mut self,
+        service: u32,
+        key: &InstanceKey,
+        hash: u64,
+        version: Version,
+        now: Timestamp,
+    ) -> Result<u32, RequestError> {
+        let full = || RequestError::LimitExceeded { what: "max_instances", limit: self.limits.max_instances };
+        if self.instances.len() >= self.limits.max_instances {
+            return Err(full());
+        }
+        let pos = self.services.get(service).map_or(0, |s| s.members.len() as u32);
+        let entry = InstanceEntry {
+            service,
+            pos,
+            hash,
+            cluster: key.cluster.clone(),
+            ip: key.ip.clone(),
+            port: key.port,
+            version,
+            // A tombstone contributes to counts like nothing does; the caller
+            // moves it to its real state, keeping counts and digest exact.
+            state: InstanceState::Removed(RemoveCause::Deregistered),
+            last_beat: now,
+            witnessed: false,
+            timer: None,
+        };
+        let Some(handle) = self.instances.insert(entry) else { return Err(full()) };
+        let instances = &self.instances;
+        self.instance_index.insert_unique(hash, handle.index, |&i| instances.get(i).map_or(0, |e| e.hash));
+        if let Some(s) = self.services.get_mut(service) {
+            s.members.push(handle.index);
+        }
+        if let Some(e) = self.instances.get(handle.index) {
+            self.digest.toggle(e.hash, e.digest_hash());
+        }
+        self.stats.tombstones += 1;
+        Ok(handle.index)
+    }
+
+    /// Sets an instance's version and state, keeping counts, digest, timers,
+    /// the view cache and the change lists exact. The single writer of
+    /// instance state.
+    fn set_instance(
+        &mut self,
+        index: u32,
+        version: Version,
+        state: InstanceState,
+        now: Timestamp,
+        local: bool,
+    ) {
+        let Some(e) = self.instances.get_mut(index) else { return };
+        let old_digest = e.digest_hash();
+        let old = flags(&e.state);
+        e.version = version;
+        e.state = state;
+        let new = flags(&e.state);
+        let new_digest = e.digest_hash();
+        let (hash, service) = (e.hash, e.service);
+        self.digest.toggle(hash, old_digest);
+        self.digest.toggle(hash, new_digest);
+        self.account(service, old, -1);
+        self.account(service, new, 1);
+        if !new.live || new.healthy {
+            self.brake.release(index);
+        }
+        self.schedule_instance(index, now);
+        if local {
+            if let Some(h) = self.instances.handle(index) {
+                self.local_changes.push(RecordRef::Instance(h));
+            }
+        }
+        if old.live || new.live {
+            self.service_changed(service);
+        }
+    }
+
+    fn account(&mut self, service: u32, f: Flags, sign: i64) {
+        let add = |v: &mut usize, on: bool| {
+            if on {
+                *v = v.saturating_add_signed(sign as isize);
+            }
+        };
+        add(&mut self.stats.instances, f.live);
+        add(&mut self.stats.healthy_instances, f.live && f.healthy);
+        add(&mut self.stats.ephemeral_instances, f.live && f.ephemeral);
+        add(&mut self.stats.tombstones, !f.live);
+        if let Some(s) = self.services.get_mut(service) {
+            let add32 = |v: &mut u32, on: bool| {
+                if on {
+                    *v = v.saturating_add_signed(sign as i32);
+                }
+            };
+            add32(&mut s.live, f.live);
+            add32(&mut s.healthy, f.live && f.healthy);
+        }
+    }
+
+    fn service_changed(&mut self, service: u32) {
+        if let Some(s) = self.services.get_mut(service) {
+            s.view = None;
+            if !self.changed_services.contains(&s.key) {
+                self.changed_services.insert(s.key.clone());
+            }
+        }
+    }
+
+    /// Removes an instance slot entirely (tombstone purge).
+    fn purge_instance(&mut self, index: u32) {
+        let Some(e) = self.instances.get(index) else { return };
+        let (hash, service, pos, digest) = (e.hash, e.service, e.pos as usize, e.digest_hash());
+        let f = flags(&e.state);
+        if let Some(t) = e.timer {
+            self.timers.remove(&(t, TimerRef::Instance(index)));
+        }
+        self.digest.toggle(hash, digest);
+        self.account(service, f, -1);
+        self.brake.release(index);
+        if let Ok(entry) = self.instance_index.find_entry(hash, |&i| i == index) {
+            entry.remove();
+        }
+        self.instances.remove(index);
+        if let Some(s) = self.services.get_mut(service) {
+            if pos < s.members.len() {
+                s.members.swap_remove(pos);
+                if let Some(&moved) = s.members.get(pos) {
+                    if let Some(m) = self.instances.get_mut(moved) {
+                        m.pos = pos as u32;
+                    }
+                }
+            }
+        }
+        if f.live {
+            self.service_changed(service);
+        }
+        self.drop_service_if_empty(service);
+    }
+
+    // ---- client operations ---------------------------------------------
+
+    /// Registers an instance or updates the existing one. Counts as a beat.
+    pub(crate) fn register(
+        &mut self,
+        now: Timestamp,
+        req: RegisterRequest,
+    ) -> Result<Registered, RequestError> {
+        let weight = parse_weight(req.weight.unwrap_or(crate::model::DEFAULT_WEIGHT))?;
+        let metadata = Metadata::parse(req.metadata, &self.limits.metadata())?;
+        let lease = Lease::from_metadata(&metadata, &self.timings)?;
+        let data = InstanceData {
+            weight,
+            healthy: req.healthy.unwrap_or(true),
+            enabled: req.enabled.unwrap_or(true),
+            ephemeral: req.ephemeral.unwrap_or(true),
+            metadata,
+        };
+        let key = req.key;
+        let hash = key.stable_hash();
+        let existing = self.find_instance_hashed(hash, &key);
+        let created = match existing.and_then(|i| self.instances.get(i)).map(|e| e.live()) {
+            Some(Some(current)) => {
+                let changed = *current != data;
+                let index = existing.unwrap_or_default();
+                if changed {
+                    let version = self.next_version(now);
+                    self.set_instance(index, version, InstanceState::Live(data), now, true);
+                }
+                self.witness(index, now);
+                false
+            }
+            _ => {
+                let service = self.find_service(&key.service);
+                let live = service.and_then(|s| self.services.get(s)).map_or(0, |s| s.live as usize);
+                if live >= self.limits.max_instances_per_service {
+                    return Err(RequestError::LimitExceeded {
+                        what: "max_instances_per_service",
+                        limit: self.limits.max_instances_per_service,
+                    });
+                }
+                if existing.is_none() && self.instances.len() >= self.limits.max_instances {
+                    return Err(RequestError::LimitExceeded {
+                        what: "max_instances",
+                        limit: self.limits.max_instances,
+                    });
+                }
+                let version = self.next_version(now);
+                let index = match existing {
+                    Some(i) => i,
+                    None => {
+                        let service = self.service_entry(&key.service)?;
+                        self.insert_instance(service, &key, hash, version.clone(), now)?
+                    }
+                };
+                self.witness(index, now);
+                self.set_instance(index, version, InstanceState::Live(data), now, true);
+                true
+            }
+        };
+        Ok(Registered {
+            instance_id: key.instance_id(),
+            heartbeat_interval: lease.heartbeat_interval,
+            created,
+        })
+    }
+
+    fn witness(&mut self, index: u32, now: Timestamp) {
+        if let Some(e) = self.instances.get_mut(index) {
+            e.last_beat = now;
+            e.witnessed = true;
+        }
+    }
+
+    /// Removes an instance at a client's request.
+    pub(crate) fn deregister(&mut self, now: Timestamp, key: &InstanceKey) -> Result<(), RequestError> {
+        let index = self.live_instance(key)?;
+        let version = self.next_version(now);
+        self.set_instance(index, version, InstanceState::Removed(RemoveCause::Deregistered), now, true);
+        Ok(())
+    }
+
+    fn live_instance(&self, key: &InstanceKey) -> Result<u32, RequestError> {
+        self.find_instance(key)
+            .filter(|i| self.instances.get(*i).is_some_and(|e| e.live().is_some()))
+            .ok_or_else(|| RequestError::InstanceNotFound(key.to_string()))
+    }
+
+    /// Changes weight, enabled, metadata, or (persistent only) health.
+    pub(crate) fn update(
+        &mut self,
+        now: Timestamp,
+        key: &InstanceKey,
+        req: UpdateRequest,
+    ) -> Result<(), RequestError> {
+        let index = self.live_instance(key)?;
+        let Some(mut data) = self.instances.get(index).and_then(|e| e.live()).cloned() else {
+            return Err(RequestError::InstanceNotFound(key.to_string()));
+        };
+        if let Some(w) = req.weight {
+            data.weight = parse_weight(w)?;
+        }
+        if let Some(en) = req.enabled {
+            data.enabled = en;
+        }
+        if let Some(h) = req.healthy {
+            if data.ephemeral && h != data.healthy {
+                return Err(InvalidInput::new(
+                    Field::Healthy,
+                    "ephemeral instances take their health from heartbeats; only persistent ones accept it",
+                )
+                .into());
+            }
+            data.healthy = h;
+        }
+        if let Some(m) = req.metadata {
+            data.metadata = Metadata::parse(m, &self.limits.metadata())?;
+            Lease::from_metadata(&data.metadata, &self.timings)?;
+        }
+        let unchanged = self.instances.get(index).and_then(|e| e.live()) == Some(&data);
+        if !unchanged {
+            let version = self.next_version(now);
+            self.set_instance(index, version, InstanceState::Live(data), now, true);
+        }
+        Ok(())
+    }
+
+    /// Takes a heartbeat from a client (`forwarded == false`) or forwarded by
+    /// a peer that saw it `age` ago.
+    pub(crate) fn heartbeat(
+        &mut self,
+        now: Timestamp,
+        key: &InstanceKey,
+        age: Duration,
+        forwarded: bool,
+    ) -> BeatOutcome {
+        let hash = key.stable_hash();
+        let Some(index) = self.find_instance_hashed(hash, key) else {
+            self.stats.unknown_heartbeats += 1;
+            return BeatOutcome::Unknown;
+        };
+        let Some(e) = self.instances.get_mut(index) else { return BeatOutcome::Unknown };
+        let InstanceState::Live(data) = &e.state else {
+            self.stats.unknown_heartbeats += 1;
+            return BeatOutcome::Unknown;
+        };
+        e.last_beat = e.last_beat.max(now.saturating_sub(age));
+        e.witnessed = true;
+        self.stats.heartbeats += 1;
+        let interval = if data.metadata.is_empty() {
+            self.timings.heartbeat_interval
+        } else {
+            Lease::from_metadata_or_default(&data.metadata, &self.timings).heartbeat_interval
+        };
+        let mine = self.responsibility.is_mine(hash);
+        if mine && data.ephemeral && !data.healthy {
+            let mut data = data.clone();
+            data.healthy = true;
+            let version = self.next_version(now);
+            self.set_instance(index, version, InstanceState::Live(data), now, true);
+        }
+        let forward_to = if mine || forwarded { None } else { Some(self.responsibility.owner(hash).clone()) };
+        BeatOutcome::Known { interval, forward_to }
+    }
+
+    /// The reply to a client for a beat outcome.
+    pub(crate) fn beat_reply(outcome: &BeatOutcome) -> BeatReply {
+        match outcome {
+            BeatOutcome::Unknown => BeatReply::Unknown,
+            BeatOutcome::Known { interval, .. } => BeatReply::Ok { heartbeat_interval: *interval },
+        }
+    }
+
+    /// Answers a query of one service; an unknown service has no instances.
+    pub(crate) fn query(&mut self, key: &ServiceKey, selector: &Selector) -> QueryAnswer {
+        self.view(key).select(selector)
+    }
+
+    /// The current view of a service, built if the cache is stale.
+    pub(crate) fn view(&mut self, key: &ServiceKey) -> Arc<ServiceView> {
+        let Some(index) = self.find_service(key) else {
+            return Arc::new(ServiceView::empty(key.clone()));
+        };
+        if let Some(v) = self.services.get(index).and_then(|s| s.view.as_ref()) {
+            return Arc::clone(v);
+        }
+        let Some(s) = self.services.get(index) else {
+            return Arc::new(ServiceView::empty(key.clone()));
+        };
+        let view = Arc::new(self.build_view(s));
+        if let Some(s) = self.services.get_mut(index) {
+            s.view = Some(Arc::clone(&view));
+        }
+        view
+    }
+
+    fn build_view(&self, s: &ServiceEntry) -> ServiceView {
+        let mut view = ServiceView::empty(s.key.clone());
+        if let Some(ServiceRecord { state: ServiceState::Live(meta), .. }) = &s.record {
+            view.protect_threshold = meta.protect_threshold;
+            view.metadata = meta.metadata.clone();
+        }
+        view.instances.reserve(s.live as usize);
+        for &m in &s.members {
+            let Some(e) = self.instances.get(m) else { continue };
+            let Some(d) = e.live() else { continue };
+            let mut i = InstanceView {
+                instance_id: format!("{}#{}#{}", e.ip, e.port, e.cluster),
+                cluster: e.cluster.clone(),
+                ip: e.ip.clone(),
+                port: e.port,
+                weight: d.weight,
+                healthy: d.healthy,
+                enabled: d.enabled,
+                ephemeral: d.ephemeral,
+                metadata: d.metadata.clone(),
+                content_hash: 0,
+            };
+            i.compute_hash();
+            view.instances.push(i);
+        }
+        view.instances.sort_by(|a, b| (&a.cluster, &a.ip, a.port).cmp(&(&b.cluster, &b.ip, b.port)));
+        view
+    }
+
+    // ---- records for peers ---------------------------------------------
+
+    /// The record behind a change reference, if it still exists.
+    pub(crate) fn record(&self, r: RecordRef) -> Option<Record> {
+        match r {
+            RecordRef::Instance(h) => self.instances.resolve(h).and_then(|e| self.instance_record(e)),
+            RecordRef::Service(h) => self.services.resolve(h).and_then(service_record),
+        }
+    }
+
+    fn instance_record(&self, e: &InstanceEntry) -> Option<Record> {
+        Some(Record::Instance {
+            key: self.instance_key(e)?,
+            version: e.version.clone(),
+            state: e.state.clone(),
+        })
+    }
+
+    /// Every record in the digest buckets `buckets`, at most `max`.
+    pub(crate) fn records_in_buckets(&self, buckets: &BTreeSet<u8>, max: usize) -> Vec<Record> {
+        let in_set = |h: u64| buckets.contains(&digest::bucket_of(h));
+        let mut out = Vec::new();
+        for (_, s) in self.services.iter() {
+            if s.record.is_some() && in_set(service_record_hash(&s.key)) {
+                out.extend(service_record(s));
+            }
+        }
+        for (_, e) in self.instances.iter() {
+            if out.len() >= max {
+                break;
+            }
+            if in_set(e.hash) {
+                out.extend(self.instance_record(e));
+            }
+        }
+        out.truncate(max);
+        out
+    }
+
+    /// A page of the full store from `cursor` (0 to start), at most `max`
+    /// records, and the cursor of the next page (`None` at the end).
+    /// Services come first (cursor values below 2^32), then instances.
+    pub(crate) fn snapshot_page(&self, cursor: u64, max: usize) -> (Vec<Record>, Option<u64>) {
+        let mut out = Vec::new();
+        const SPLIT: u64 = 1 << 32;
+        if cursor < SPLIT {
+            for (i, s) in self.services.iter_from(cursor as u32) {
+                if out.len() >= max {
+                    return (out, Some(u64::from(i)));
+                }
+                out.extend(service_record(s));
+            }
+        }
+        let start = cursor.saturating_sub(SPLIT) as u32;
+        for (i, e) in self.instances.iter_from(start) {
+            if out.len() >= max {
+                return (out, Some(SPLIT + u64::from(i)));
+            }
+            out.extend(self.instance_record(e));
+        }
+        (out, None)
+    }
+
+    /// All records, services first (for tests and the simulator).
+    pub(crate) fn all_records(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = self.services.iter().filter_map(|(_, s)| service_record(s)).collect();
+        out.extend(self.instances.iter().filter_map(|(_, e)| self.instance_record(e)));
+        out
+    }
+
+    /// Live instance keys with their data (for tests and the simulator).
+    pub(crate) fn live_instances(&self) -> BTreeMap<InstanceKey, InstanceData> {
+        self.instances.iter().filter_map(|(_, e)| Some((self.instance_key(e)?, e.live()?.clone()))).collect()
+    }
+
+    /// The current handle of an instance slot.
+    pub(crate) fn handle_of(&self, index: u32) -> Option<Handle> {
+        self.instances.handle(index)
+    }
+
+    /// The key of the instance behind a handle, if it is still there.
+    pub(crate) fn key_of_handle(&self, h: Handle) -> Option<InstanceKey> {
+        self.instances.resolve(h).and_then(|e| self.instance_key(e))
+    }
+
+    /// The slot of a live instance key.
+    pub(crate) fn slot_of(&self, key: &InstanceKey) -> Option<u32> {
+        self.find_instance(key)
+    }
+
+    /// Checks every structural invariant; panics with a description on the
+    /// first broken one. O(n): for tests and the simulator.
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
+    pub(crate) fn check_invariants(&self) {
+        self.check_indexes();
+        self.check_counts_and_digest();
+        self.check_timers();
+    }
+
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
+    fn check_indexes(&self) {
+        assert_eq!(self.instance_index.len(), self.instances.len(), "instance index size");
+        assert_eq!(self.service_index.len(), self.services.len(), "service index size");
+        for (i, e) in self.instances.iter() {
+            let key = self.instance_key(e).expect("instance has a service");
+            assert_eq!(key.stable_hash(), e.hash, "stored hash of {key}");
+            assert_eq!(self.find_instance(&key), Some(i), "index finds {key}");
+            let s = self.services.get(e.service).expect("service of instance");
+            assert_eq!(s.members.get(e.pos as usize), Some(&i), "member position of {key}");
+        }
+        for (i, s) in self.services.iter() {
+            assert_eq!(self.find_service(&s.key), Some(i), "index finds {}", s.key);
+            assert!(!s.members.is_empty() || s.record.is_some(), "empty service {} kept", s.key);
+            for &m in &s.members {
+                assert_eq!(self.instances.get(m).map(|e| e.service), Some(i), "member of {}", s.key);
+            }
+        }
+    }
+
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    fn check_counts_and_digest(&self) {
+        let mut digest = Digest::default();
+        let mut totals = (0usize, 0usize, 0usize, 0usize);
+        for (_, e) in self.instances.iter() {
+            digest.toggle(e.hash, e.digest_hash());
+            let f = flags(&e.state);
+            totals.0 += usize::from(f.live);
+            totals.1 += usize::from(f.live && f.healthy);
+            totals.2 += usize::from(f.live && f.ephemeral);
+            totals.3 += usize::from(!f.live);
+        }
+        for (_, s) in self.services.iter() {
+            if let Some(r) = service_record(s) {
+                digest.toggle(r.key_hash(), r.digest_hash());
+            }
+            let live = s
+                .members
+                .iter()
+                .filter(|m| self.instances.get(**m).is_some_and(|e| e.live().is_some()))
+                .count();
+            assert_eq!(s.live as usize, live, "live count of {}", s.key);
+            let healthy = s
+                .members
+                .iter()
+                .filter(|m| self.instances.get(**m).and_then(|e| e.live()).is_some_and(|d| d.healthy))
+                .count();
+            assert_eq!(s.healthy as usize, healthy, "healthy count of {}", s.key);
+        }
+        let s = &self.stats;
+        assert_eq!(
+            (s.instances, s.healthy_instances, s.ephemeral_instances, s.tombstones),
+            totals,
+            "instance totals"
+        );
+        assert_eq!(digest, self.digest, "incremental digest equals recomputed digest");
+    }
+
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    fn check_timers(&self) {
+        let mut expected = 0;
+        for (i, e) in self.instances.iter() {
+            let needs = match &e.state {
+                InstanceState::Live(d) => d.ephemeral,
+                InstanceState::Removed(_) => true,
+            };
+            assert_eq!(e.timer.is_some(), needs, "timer presence of instance {i}");
+            if let Some(t) = e.timer {
+                assert!(self.timers.contains(&(t, TimerRef::Instance(i))), "timer entry of instance {i}");
+                expected += 1;
+            }
+        }
+        for (i, s) in self.services.iter() {
+            let needs = matches!(s.record, Some(ServiceRecord { state: ServiceState::Removed, .. }));
+            let t = s.record.as_ref().and_then(|r| r.timer);
+            assert_eq!(t.is_some(), needs, "timer presence of service {}", s.key);
+            if let Some(t) = t {
+                assert!(self.timers.contains(&(t, TimerRef::Service(i))), "timer entry of service {i}");
+                expected += 1;
+            }
+        }
+        assert_eq!(self.timers.len(), expected, "no stray timer entries");
+    }
+}
+
+fn service_record(s: &ServiceEntry) -> Option<Record> {
+    let r = s.record.as_ref()?;
+    Some(Record::Service { key: s.key.clone(), version: r.version.clone(), state: r.state.clone() })
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Flags {
+    live: bool,
+    healthy: bool,
+    ephemeral: bool,
+}
+
+fn flags(state: &InstanceState) -> Flags {
+    match state {
+        InstanceState::Live(d) => Flags { live: true, healthy: d.healthy, ephemeral: d.ephemeral },
+        InstanceState::Removed(_) => Flags::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

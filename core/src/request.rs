@@ -1,0 +1,115 @@
+//! Client operations: what a transport hands the core and what it gets back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::model::{InstanceKey, ServiceKey};
+use crate::view::{Selector, ServiceFilter};
+
+/// Register an instance, or update it if it exists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisterRequest {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// Weight, 0 to 10000; default 1.
+    pub weight: Option<f64>,
+    /// Takes traffic; default true.
+    pub enabled: Option<bool>,
+    /// Initial health; default true.
+    pub healthy: Option<bool>,
+    /// Lives by heartbeats; default true.
+    pub ephemeral: Option<bool>,
+    /// Metadata; per-instance heartbeat timings may be set here (see
+    /// [`crate::lease`]).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl RegisterRequest {
+    /// A registration of `key` with every default.
+    pub fn new(key: InstanceKey) -> RegisterRequest {
+        RegisterRequest {
+            key,
+            weight: None,
+            enabled: None,
+            healthy: None,
+            ephemeral: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Change some fields of an instance.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct UpdateRequest {
+    /// New weight.
+    pub weight: Option<f64>,
+    /// New enabled flag.
+    pub enabled: Option<bool>,
+    /// New health, for persistent instances only.
+    pub healthy: Option<bool>,
+    /// New metadata, replacing the old.
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Create or update a service's settings.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ServiceUpdate {
+    /// New protect threshold, 0 to 1.
+    pub protect_threshold: Option<f64>,
+    /// New metadata, replacing the old.
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Every client operation, for drivers that pass requests as values.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Request {
+    /// See [`crate::Node::register`].
+    Register(RegisterRequest),
+    /// See [`crate::Node::deregister`].
+    Deregister(InstanceKey),
+    /// See [`crate::Node::update_instance`].
+    Update(InstanceKey, UpdateRequest),
+    /// See [`crate::Node::heartbeat`].
+    Heartbeat(InstanceKey),
+    /// See [`crate::Node::heartbeat_batch`].
+    HeartbeatBatch(Vec<InstanceKey>),
+    /// See [`crate::Node::query`].
+    Query(ServiceKey, Selector),
+    /// See [`crate::Node::list_services`].
+    ListServices(ServiceFilter),
+    /// See [`crate::Node::service`].
+    GetService(ServiceKey),
+    /// See [`crate::Node::create_service`].
+    CreateService(ServiceKey, ServiceUpdate),
+    /// See [`crate::Node::update_service`].
+    UpdateService(ServiceKey, ServiceUpdate),
+    /// See [`crate::Node::delete_service`].
+    DeleteService(ServiceKey),
+    /// See [`crate::Node::namespaces`].
+    Namespaces,
+}
+
+/// The answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// `ip#port#cluster`.
+    pub instance_id: String,
+    /// How often the client should heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Whether the instance is new (false: an existing one was updated).
+    pub created: bool,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeatReply {
+    /// The instance is known; beat again after `heartbeat_interval`.
+    Ok {
+        /// How often the client should heartbeat.
+        heartbeat_interval: Duration,
+    },
+    /// The instance is not registered here (expired, or the node restarted):
+    /// the client should register again at once.
+    Unknown,
+}

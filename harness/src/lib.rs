@@ -1,0 +1,1 @@
+//! muster-harness (filled by later work).

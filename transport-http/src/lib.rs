@@ -1,0 +1,1 @@
+//! muster-transport-http (filled by later work).

@@ -1,0 +1,1 @@
+//! muster-transport-mem (filled by later work).
