@@ -671,7 +671,7 @@ impl Node {
         if self.flush_at.is_some_and(|t| now >= t) {
             self.flush(now);
         }
-        if self.is_ready() && now >= self.anti_entropy_at {
+        if self.is_ready() && self.members.peer_count() > 0 && now >= self.anti_entropy_at {
             self.anti_entropy(now);
         }
         self.registry.handle_timeout(now, self.config.limits.max_timeouts_per_call);

@@ -42,7 +42,7 @@ impl Brake {
         (self.config.window / 6).max(std::time::Duration::from_secs(1))
     }
 
-    /// Removals allowed per window with `ephemeral` live ephemeral instances.
+    /// Removals allowed per window out of a population of `ephemeral` instances.
     pub(super) fn allowed(&self, ephemeral: usize) -> usize {
         let share = (self.config.share * ephemeral as f64).floor() as usize;
         share.max(self.config.floor)
@@ -58,7 +58,8 @@ impl Brake {
         while self.removals.front().is_some_and(|t| *t <= horizon) {
             self.removals.pop_front();
         }
-        let allowed = self.allowed(ephemeral);
+        // The population the share is of: as it was before this window's removals.
+        let allowed = self.allowed(ephemeral + self.removals.len());
         let was_held = self.held.contains(&slot);
         let others_held = self.held.len() - usize::from(was_held);
         let would_be = self.removals.len() + others_held + 1;
@@ -96,7 +97,7 @@ mod tests {
         let mut b = brake();
         let now = Timestamp::from_millis(1_000);
         // 10 ephemeral instances: 5 removals allowed per window.
-        let allowed: Vec<bool> = (0..8).map(|slot| b.allow(now, slot, 10)).collect();
+        let allowed: Vec<bool> = (0..8).map(|slot| b.allow(now, slot, 10 - slot.min(5) as usize)).collect();
         assert_eq!(allowed, [true, true, true, true, true, false, false, false]);
         assert!(b.engaged());
         assert_eq!(b.held(), 3);
