@@ -35,7 +35,7 @@ pub use node::{Event, Node, NodeStats, TimerKind, Transmit};
 pub use record::{InstanceState, Record, RemoveCause, ServiceState, Version};
 pub use registry::RegistryStats;
 pub use registry::digest::{BUCKETS, Digest};
-pub use request::{BeatReply, RegisterRequest, Registered, Request, ServiceUpdate, UpdateRequest};
+pub use request::{BeatReply, RegisterRequest, Registered, Reply, Request, ServiceUpdate, UpdateRequest};
 pub use time::Timestamp;
 pub use view::{
     Checksum, InstanceView, NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage,

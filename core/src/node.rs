@@ -16,7 +16,7 @@ use crate::model::{InstanceKey, NodeId, ServiceKey};
 use crate::record::Record;
 use crate::registry::digest::{BUCKETS, Digest};
 use crate::registry::{BeatOutcome, MergeOutcome, RecordRef, Registry, RegistryStats};
-use crate::request::{BeatReply, RegisterRequest, Registered, ServiceUpdate, UpdateRequest};
+use crate::request::{BeatReply, RegisterRequest, Registered, Reply, Request, ServiceUpdate, UpdateRequest};
 use crate::slab::Handle;
 use crate::time::{Clock, Timestamp};
 use crate::view::{
@@ -296,6 +296,25 @@ impl Node {
     }
 
     // ---- client operations ---------------------------------------------
+
+    /// Runs any client operation given as a value (for drivers that queue
+    /// requests); the same as calling the matching method.
+    pub fn handle_request(&mut self, now: Timestamp, req: Request) -> Result<Reply, RequestError> {
+        Ok(match req {
+            Request::Register(r) => Reply::Registered(self.register(now, r)?),
+            Request::Deregister(k) => self.deregister(now, &k).map(|()| Reply::Done)?,
+            Request::Update(k, u) => self.update_instance(now, &k, u).map(|()| Reply::Done)?,
+            Request::Heartbeat(k) => Reply::Beat(self.heartbeat(now, &k)?),
+            Request::HeartbeatBatch(ks) => Reply::Beats(self.heartbeat_batch(now, &ks)?),
+            Request::Query(k, s) => Reply::Answer(self.query(now, &k, &s)?),
+            Request::ListServices(f) => Reply::Services(self.list_services(&f)?),
+            Request::GetService(k) => Reply::Service(self.service(&k)?),
+            Request::CreateService(k, u) => Reply::Service(self.create_service(now, &k, u)?),
+            Request::UpdateService(k, u) => Reply::Service(self.update_service(now, &k, u)?),
+            Request::DeleteService(k) => self.delete_service(now, &k).map(|()| Reply::Done)?,
+            Request::Namespaces => Reply::Namespaces(self.namespaces()),
+        })
+    }
 
     fn writable(&self) -> Result<(), RequestError> {
         if self.is_ready() { Ok(()) } else { Err(RequestError::NotReady) }
@@ -725,7 +744,11 @@ impl Node {
         }
     }
 
-    fn flush(&mut self, now: Timestamp) {
+    /// Sends every pending local change and forwarded heartbeat now, without
+    /// waiting for the sync delay (graceful shutdown). Drain `poll_transmit`
+    /// after it.
+    pub fn flush(&mut self, now: Timestamp) {
+        let now = self.clock.observe(now);
         self.flush_at = None;
         let max = self.config.limits.max_records_per_message;
         let refs = std::mem::take(&mut self.pending);

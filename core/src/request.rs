@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::model::{InstanceKey, ServiceKey};
-use crate::view::{Selector, ServiceFilter};
+use crate::view::{NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage, ServiceSummary};
 
 /// Register an instance, or update it if it exists.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,4 +112,26 @@ pub enum BeatReply {
     /// The instance is not registered here (expired, or the node restarted):
     /// the client should register again at once.
     Unknown,
+}
+
+/// The answer to a [`Request`], variant by variant.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Reply {
+    /// To [`Request::Register`].
+    Registered(Registered),
+    /// To [`Request::Deregister`], [`Request::Update`] and [`Request::DeleteService`].
+    Done,
+    /// To [`Request::Heartbeat`].
+    Beat(BeatReply),
+    /// To [`Request::HeartbeatBatch`], in the order of the keys.
+    Beats(Vec<BeatReply>),
+    /// To [`Request::Query`].
+    Answer(QueryAnswer),
+    /// To [`Request::ListServices`].
+    Services(ServicePage),
+    /// To [`Request::GetService`], [`Request::CreateService`] and [`Request::UpdateService`].
+    Service(ServiceSummary),
+    /// To [`Request::Namespaces`].
+    Namespaces(Vec<NamespaceSummary>),
 }
