@@ -176,7 +176,7 @@ mod tests {
         };
         let record = Record::Instance {
             key: key.clone(),
-            version: Version { counter: 7 << 16, origin: from.clone() },
+            version: Version::client(7 << 16, from.clone()),
             state: InstanceState::Live(data),
         };
         let msg = PeerMessage::Delta { records: vec![record] };

@@ -275,6 +275,19 @@ impl Node {
         self.registry.all_records()
     }
 
+    /// The record of one instance, live or tombstone.
+    pub fn instance_record(&self, key: &InstanceKey) -> Option<Record> {
+        self.registry.instance_record_of(key)
+    }
+
+    /// Injects a deliberate bug (simulator only): from now on merge keeps the
+    /// older of two records. The simulator must catch it.
+    #[cfg(feature = "sim")]
+    #[doc(hidden)]
+    pub fn inject_bug_keep_older_on_merge(&mut self) {
+        self.registry.bug_keep_older = true;
+    }
+
     /// Every live instance with its data (tests, simulator, debugging).
     pub fn live_instances(&self) -> BTreeMap<InstanceKey, crate::model::InstanceData> {
         self.registry.live_instances()

@@ -20,18 +20,47 @@ use crate::model::{InstanceData, InstanceKey, NodeId, ServiceKey, ServiceMeta};
 /// Bits of a version counter that count events within one millisecond.
 pub const LOGICAL_BITS: u32 = 16;
 
-/// The version of a record: a hybrid logical clock reading (`counter`) and the
-/// node that wrote it (`origin`). Ordered by counter, then origin.
+/// Who decided a write.
+///
+/// A registry's own judgement about an instance (marking it unhealthy for
+/// silence, expiring it, refuting another node's expiry) is derived from the
+/// record it saw: it takes the smallest version above that record and loses
+/// ties to clients. So a client's decision made concurrently, on a node whose
+/// clock lags, is never overridden by a machine's judgement (a deregistration
+/// is not undone by a health mark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Author {
+    /// Derived by a registry node from the record it held.
+    Registry,
+    /// Asked for by a client.
+    Client,
+}
+
+/// The version of a record: a hybrid logical clock reading (`counter`), who
+/// decided the write (`author`) and the node that wrote it (`origin`).
+/// Ordered by counter, then author (clients win ties), then origin.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version {
     /// Hybrid logical clock: wall-clock milliseconds in the high bits, a
     /// logical counter in the low [`LOGICAL_BITS`] bits.
     pub counter: u64,
+    /// Who decided the write.
+    pub author: Author,
     /// The node that wrote the record.
     pub origin: NodeId,
 }
 
 impl Version {
+    /// A client-decided version.
+    pub fn client(counter: u64, origin: NodeId) -> Version {
+        Version { counter, author: Author::Client, origin }
+    }
+
+    /// The smallest registry-derived version written by `origin` above `self`.
+    pub fn derived(&self, origin: NodeId) -> Version {
+        Version { counter: self.counter.saturating_add(1), author: Author::Registry, origin }
+    }
+
     /// The wall-clock millisecond part of the counter.
     pub fn physical_ms(&self) -> u64 {
         self.counter >> LOGICAL_BITS
@@ -40,7 +69,11 @@ impl Version {
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}@{}", self.physical_ms(), self.counter & 0xffff, self.origin)
+        let by = match self.author {
+            Author::Registry => "r",
+            Author::Client => "c",
+        };
+        write!(f, "{}.{}{by}@{}", self.physical_ms(), self.counter & 0xffff, self.origin)
     }
 }
 
@@ -90,8 +123,14 @@ pub enum RemoveCause {
 pub enum InstanceState {
     /// Registered.
     Live(InstanceData),
-    /// Removed; kept as a tombstone until purged.
-    Removed(RemoveCause),
+    /// Removed; kept as a tombstone until `at_ms + tombstone_ttl`.
+    Removed {
+        /// Why.
+        cause: RemoveCause,
+        /// Wall-clock time of the removal on the node that made it, in
+        /// milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
 }
 
 /// The state of a service key's explicit settings.
@@ -99,8 +138,21 @@ pub enum InstanceState {
 pub enum ServiceState {
     /// Created or updated by a client.
     Live(ServiceMeta),
-    /// Deleted by a client; kept as a tombstone until purged.
-    Removed,
+    /// Deleted by a client; kept as a tombstone until `at_ms + tombstone_ttl`.
+    Removed {
+        /// Wall-clock time of the deletion, in milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+}
+
+impl InstanceState {
+    /// When the tombstone was made, `None` for a live instance.
+    pub fn removed_at_ms(&self) -> Option<u64> {
+        match self {
+            InstanceState::Live(_) => None,
+            InstanceState::Removed { at_ms, .. } => Some(*at_ms),
+        }
+    }
 }
 
 /// A replicated record.
@@ -138,8 +190,8 @@ impl Record {
     pub fn is_tombstone(&self) -> bool {
         matches!(
             self,
-            Record::Instance { state: InstanceState::Removed(_), .. }
-                | Record::Service { state: ServiceState::Removed, .. }
+            Record::Instance { state: InstanceState::Removed { .. }, .. }
+                | Record::Service { state: ServiceState::Removed { .. }, .. }
         )
     }
 
@@ -183,8 +235,8 @@ pub(crate) fn instance_state_hash(state: &InstanceState) -> u64 {
             h.u64(1);
             d.hash_into(&mut h);
         }
-        InstanceState::Removed(c) => {
-            h.u64(2).u64(*c as u64);
+        InstanceState::Removed { cause, at_ms } => {
+            h.u64(2).u64(*cause as u64).u64(*at_ms);
         }
     }
     h.finish()
@@ -198,8 +250,8 @@ pub(crate) fn service_state_hash(state: &ServiceState) -> u64 {
             h.u64(3);
             m.hash_into(&mut h);
         }
-        ServiceState::Removed => {
-            h.u64(4);
+        ServiceState::Removed { at_ms } => {
+            h.u64(4).u64(*at_ms);
         }
     }
     h.finish()
@@ -216,7 +268,11 @@ pub(crate) fn service_record_hash(key: &ServiceKey) -> u64 {
 /// The digest contribution of a record given its parts.
 pub(crate) fn digest_hash(key_hash: u64, version: &Version, state_hash: u64) -> u64 {
     let mut h = StableHasher::new();
-    h.u64(key_hash).u64(version.counter).str(version.origin.as_str()).u64(state_hash);
+    h.u64(key_hash)
+        .u64(version.counter)
+        .u64(version.author as u64)
+        .str(version.origin.as_str())
+        .u64(state_hash);
     h.finish()
 }
 
@@ -243,10 +299,15 @@ mod tests {
     fn instance_record(counter: u64, origin: &str, state: u8) -> Record {
         let service = ServiceKey::parse(None, None, "svc").unwrap();
         let key = InstanceKey::parse(service, None, "10.0.0.1", 80).unwrap();
-        let version = Version { counter, origin: NodeId::parse(origin).unwrap() };
+        let origin = NodeId::parse(origin).unwrap();
+        let version = if state % 5 == 0 {
+            Version { counter, author: Author::Registry, origin }
+        } else {
+            Version::client(counter, origin)
+        };
         let state = match state % 3 {
-            0 => InstanceState::Removed(RemoveCause::Deregistered),
-            1 => InstanceState::Removed(RemoveCause::Expired),
+            0 => InstanceState::Removed { cause: RemoveCause::Deregistered, at_ms: 5 },
+            1 => InstanceState::Removed { cause: RemoveCause::Expired, at_ms: u64::from(state) },
             _ => InstanceState::Live(InstanceData {
                 weight: f64::from(state),
                 healthy: state % 2 == 0,
@@ -296,6 +357,15 @@ mod tests {
         let old = instance_record(1, "z:1", 2);
         let new = instance_record(2, "a:1", 0);
         assert!(merge(old, new).is_tombstone());
+    }
+
+    #[test]
+    fn a_client_write_wins_a_tie_with_a_derived_one() {
+        let base = Version::client(10, NodeId::parse("a:1").unwrap());
+        let derived = base.derived(NodeId::parse("z:1").unwrap());
+        let client = Version::client(11, NodeId::parse("a:1").unwrap());
+        assert!(client > derived);
+        assert!(derived > base);
     }
 
     #[test]

@@ -796,7 +796,7 @@ fn records_from_the_far_future_are_refused() {
     let mut nodes = cluster(2);
     run_cluster(&mut nodes, at(10), &no_drop);
     let peer = nodes[1].id().clone();
-    let future = Version { counter: (1_700_000_000_000u64 + 7_200_000) << 16, origin: peer.clone() };
+    let future = Version::client((1_700_000_000_000u64 + 7_200_000) << 16, peer.clone());
     let record = Record::Service {
         key: svc("orders"),
         version: future,

@@ -54,8 +54,8 @@ impl Registry {
     fn instance_due(&mut self, now: Timestamp, index: u32) {
         let Some(e) = self.instances.get(index) else { return };
         let due = match &e.state {
-            InstanceState::Removed(_) => {
-                let purge_at = self.purge_time(now, e.version.physical_ms());
+            InstanceState::Removed { at_ms, .. } => {
+                let purge_at = self.purge_time(now, *at_ms);
                 if purge_at <= now { Due::Purge } else { Due::Rearm(purge_at) }
             }
             InstanceState::Live(d) => {
@@ -89,7 +89,7 @@ impl Registry {
         let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) else { return };
         let mut d = d.clone();
         d.healthy = false;
-        let version = self.next_version(now);
+        let Some(version) = self.derived_version(index) else { return };
         self.stats.marked_unhealthy += 1;
         self.set_instance(index, version, InstanceState::Live(d), now, true);
     }
@@ -107,20 +107,18 @@ impl Registry {
             self.arm_instance(index, recheck);
             return;
         }
-        let version = self.next_version(now);
+        let Some(version) = self.derived_version(index) else { return };
         self.stats.expired += 1;
-        self.set_instance(index, version, InstanceState::Removed(RemoveCause::Expired), now, true);
+        let removed = InstanceState::Removed { cause: RemoveCause::Expired, at_ms: self.wall(now) };
+        self.set_instance(index, version, removed, now, true);
     }
 
     fn service_due(&mut self, now: Timestamp, index: u32) {
         let Some(s) = self.services.get_mut(index) else { return };
         let Some(r) = s.record.as_mut() else { return };
         r.timer = None;
-        if !matches!(r.state, ServiceState::Removed) {
-            return;
-        }
-        let physical = r.version.physical_ms();
-        let purge_at = self.purge_time(now, physical);
+        let ServiceState::Removed { at_ms } = r.state else { return };
+        let purge_at = self.purge_time(now, at_ms);
         if purge_at > now {
             self.arm_service(index, purge_at);
             return;
@@ -128,18 +126,18 @@ impl Registry {
         self.purge_service_record(index);
     }
 
-    /// Local time at which a tombstone written at wall time `physical_ms` is
-    /// purged: `tombstone_ttl` after it was written, by the hybrid clock, so
-    /// that every node purges it at about the same moment.
-    pub(super) fn purge_time(&self, now: Timestamp, physical_ms: u64) -> Timestamp {
-        let purge_wall = physical_ms.saturating_add(crate::time::millis(self.timings.tombstone_ttl));
+    /// Local time at which a tombstone made at wall time `at_ms` is purged:
+    /// `tombstone_ttl` later, by the remover's wall clock, so that every node
+    /// purges it at about the same moment (give or take clock skew).
+    pub(super) fn purge_time(&self, now: Timestamp, at_ms: u64) -> Timestamp {
+        let purge_wall = at_ms.saturating_add(crate::time::millis(self.timings.tombstone_ttl));
         let wall_now = self.wall(now);
         now + Duration::from_millis(purge_wall.saturating_sub(wall_now))
     }
 
-    /// Whether a tombstone written at `physical_ms` is past its purge time.
-    pub(super) fn tombstone_expired(&self, now: Timestamp, physical_ms: u64) -> bool {
-        self.purge_time(now, physical_ms) <= now
+    /// Whether a tombstone made at `at_ms` is past its purge time.
+    pub(super) fn tombstone_expired(&self, now: Timestamp, at_ms: u64) -> bool {
+        self.purge_time(now, at_ms) <= now
     }
 
     /// Arms (or re-arms) the single timer of an instance.
@@ -170,7 +168,7 @@ impl Registry {
                 let base = e.last_beat.max(self.grace_epoch);
                 Some(if d.healthy { base + lease.unhealthy_after } else { base + lease.remove_after })
             }
-            InstanceState::Removed(_) => Some(self.purge_time(now, e.version.physical_ms())),
+            InstanceState::Removed { at_ms, .. } => Some(self.purge_time(now, *at_ms)),
         };
         match at {
             Some(at) => self.arm_instance(index, at),

@@ -59,7 +59,12 @@ impl Registry {
 
     fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), String> {
         let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
-        if record.version().physical_ms() > limit {
+        let removed_at = match record {
+            Record::Instance { state, .. } => state.removed_at_ms(),
+            Record::Service { state: ServiceState::Removed { at_ms }, .. } => Some(*at_ms),
+            Record::Service { .. } => None,
+        };
+        if record.version().physical_ms() > limit || removed_at.is_some_and(|at| at > limit) {
             return Err(format!(
                 "version {:?} is further ahead of this node's clock than max_clock_skew",
                 record.version()
@@ -88,9 +93,7 @@ impl Registry {
     ) -> MergeOutcome {
         let hash = key.stable_hash();
         let Some(index) = self.find_instance_hashed(hash, &key) else {
-            if matches!(state, InstanceState::Removed(_))
-                && self.tombstone_expired(now, version.physical_ms())
-            {
+            if state.removed_at_ms().is_some_and(|at| self.tombstone_expired(now, at)) {
                 return MergeOutcome::Stale;
             }
             let inserted = self
@@ -106,7 +109,7 @@ impl Registry {
         let Some(current) = self.instances.get(index) else { return MergeOutcome::Stale };
         let order = (&version, instance_state_hash(&state))
             .cmp(&(&current.version, instance_state_hash(&current.state)));
-        if order != Ordering::Greater {
+        if self.effective(order) != Ordering::Greater {
             return MergeOutcome::Stale;
         }
         if let Some(age) = self.refutes(now, index, &version, &state) {
@@ -115,7 +118,10 @@ impl Registry {
                 _ => return MergeOutcome::Stale,
             };
             data.healthy = true;
-            let fresh = self.next_version(now);
+            // Derived from the record being refuted, so it wins over it and
+            // still loses to any concurrent client write.
+            let fresh = version.derived(self.me.clone());
+            self.hlc.observe(fresh.counter);
             self.set_instance(index, fresh, InstanceState::Live(data), now, true);
             return MergeOutcome::Refuted { key, age };
         }
@@ -128,6 +134,16 @@ impl Registry {
         }
         self.set_instance(index, version, state, now, false);
         MergeOutcome::Applied
+    }
+
+    /// The precedence order as merge applies it (reversed by the simulator's
+    /// deliberate bug).
+    fn effective(&self, order: Ordering) -> Ordering {
+        #[cfg(feature = "sim")]
+        if self.bug_keep_older {
+            return order.reverse();
+        }
+        order
     }
 
     /// How long ago this node saw a beat of the instance, if that refutes
@@ -145,8 +161,8 @@ impl Registry {
         let e = self.instances.get(index)?;
         let current = e.live()?;
         let condemns = match state {
-            InstanceState::Removed(RemoveCause::Expired) => current.ephemeral,
-            InstanceState::Removed(RemoveCause::Deregistered) => false,
+            InstanceState::Removed { cause: RemoveCause::Expired, .. } => current.ephemeral,
+            InstanceState::Removed { cause: RemoveCause::Deregistered, .. } => false,
             InstanceState::Live(d) => d.ephemeral && !d.healthy && current.healthy,
         };
         if !condemns || !e.witnessed {
@@ -169,15 +185,15 @@ impl Registry {
         match current {
             Some(ServiceRecord { version: v, state: s, .. }) => {
                 let order = (&version, service_state_hash(&state)).cmp(&(v, service_state_hash(s)));
-                if order != Ordering::Greater {
+                if self.effective(order) != Ordering::Greater {
                     return MergeOutcome::Stale;
                 }
             }
             None => {
-                if matches!(state, ServiceState::Removed)
-                    && self.tombstone_expired(now, version.physical_ms())
-                {
-                    return MergeOutcome::Stale;
+                if let ServiceState::Removed { at_ms } = state {
+                    if self.tombstone_expired(now, at_ms) {
+                        return MergeOutcome::Stale;
+                    }
                 }
             }
         }

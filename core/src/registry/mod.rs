@@ -80,7 +80,7 @@ impl InstanceEntry {
     fn live(&self) -> Option<&InstanceData> {
         match &self.state {
             InstanceState::Live(d) => Some(d),
-            InstanceState::Removed(_) => None,
+            InstanceState::Removed { .. } => None,
         }
     }
 
@@ -184,6 +184,9 @@ pub(crate) struct Registry {
     local_changes: Vec<RecordRef>,
     /// Services whose visible content changed (to wake watchers).
     changed_services: BTreeSet<ServiceKey>,
+    /// A deliberate bug for the simulator: merge keeps the older record.
+    #[cfg(feature = "sim")]
+    pub(crate) bug_keep_older: bool,
 }
 
 impl Registry {
@@ -212,6 +215,8 @@ impl Registry {
             stats: RegistryStats::default(),
             local_changes: Vec::new(),
             changed_services: BTreeSet::new(),
+            #[cfg(feature = "sim")]
+            bug_keep_older: false,
         }
     }
 
@@ -241,8 +246,14 @@ impl Registry {
         &self.responsibility
     }
 
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
     pub(crate) fn instance_count(&self) -> usize {
         self.instances.len()
+    }
+
+    /// The record of an instance key, live or tombstone.
+    pub(crate) fn instance_record_of(&self, key: &InstanceKey) -> Option<Record> {
+        self.find_instance(key).and_then(|i| self.instances.get(i)).and_then(|e| self.instance_record(e))
     }
 
     pub(crate) fn take_local_changes(&mut self) -> std::vec::Drain<'_, RecordRef> {
@@ -272,9 +283,19 @@ impl Registry {
         self.wall_clock_ms.saturating_add(now.as_millis())
     }
 
+    /// A fresh version for a client's write.
     fn next_version(&mut self, now: Timestamp) -> Version {
         let wall = self.wall(now);
-        Version { counter: self.hlc.tick(wall), origin: self.me.clone() }
+        Version::client(self.hlc.tick(wall), self.me.clone())
+    }
+
+    /// The version of this node's own judgement about the instance in slot
+    /// `index`: the smallest above its current version (see
+    /// [`crate::record::Author`]).
+    fn derived_version(&mut self, index: u32) -> Option<Version> {
+        let v = self.instances.get(index)?.version.derived(self.me.clone());
+        self.hlc.observe(v.counter);
+        Some(v)
     }
 
     // ---- lookups -------------------------------------------------------
@@ -378,7 +399,7 @@ impl Registry {
             version,
             // A tombstone contributes to counts like nothing does; the caller
             // moves it to its real state, keeping counts and digest exact.
-            state: InstanceState::Removed(RemoveCause::Deregistered),
+            state: InstanceState::Removed { cause: RemoveCause::Deregistered, at_ms: 0 },
             last_beat: now,
             witnessed: false,
             timer: None,
@@ -572,7 +593,8 @@ impl Registry {
     pub(crate) fn deregister(&mut self, now: Timestamp, key: &InstanceKey) -> Result<(), RequestError> {
         let index = self.live_instance(key)?;
         let version = self.next_version(now);
-        self.set_instance(index, version, InstanceState::Removed(RemoveCause::Deregistered), now, true);
+        let removed = InstanceState::Removed { cause: RemoveCause::Deregistered, at_ms: self.wall(now) };
+        self.set_instance(index, version, removed, now, true);
         Ok(())
     }
 
@@ -652,8 +674,9 @@ impl Registry {
         if mine && data.ephemeral && !data.healthy {
             let mut data = data.clone();
             data.healthy = true;
-            let version = self.next_version(now);
-            self.set_instance(index, version, InstanceState::Live(data), now, true);
+            if let Some(version) = self.derived_version(index) {
+                self.set_instance(index, version, InstanceState::Live(data), now, true);
+            }
         }
         let forward_to = if mine || forwarded { None } else { Some(self.responsibility.owner(hash).clone()) };
         BeatOutcome::Known { interval, forward_to }
@@ -884,7 +907,7 @@ impl Registry {
         for (i, e) in self.instances.iter() {
             let needs = match &e.state {
                 InstanceState::Live(d) => d.ephemeral,
-                InstanceState::Removed(_) => true,
+                InstanceState::Removed { .. } => true,
             };
             assert_eq!(e.timer.is_some(), needs, "timer presence of instance {i}");
             if let Some(t) = e.timer {
@@ -893,7 +916,7 @@ impl Registry {
             }
         }
         for (i, s) in self.services.iter() {
-            let needs = matches!(s.record, Some(ServiceRecord { state: ServiceState::Removed, .. }));
+            let needs = matches!(s.record, Some(ServiceRecord { state: ServiceState::Removed { .. }, .. }));
             let t = s.record.as_ref().and_then(|r| r.timer);
             assert_eq!(t.is_some(), needs, "timer presence of service {}", s.key);
             if let Some(t) = t {
@@ -920,7 +943,7 @@ struct Flags {
 fn flags(state: &InstanceState) -> Flags {
     match state {
         InstanceState::Live(d) => Flags { live: true, healthy: d.healthy, ephemeral: d.ephemeral },
-        InstanceState::Removed(_) => Flags::default(),
+        InstanceState::Removed { .. } => Flags::default(),
     }
 }
 

@@ -29,12 +29,14 @@ impl Registry {
             self.digest.toggle(key_hash, h);
         }
         self.digest.toggle(key_hash, digest_hash(key_hash, &version, service_state_hash(&state)));
-        let removed = matches!(state, ServiceState::Removed);
-        let physical = version.physical_ms();
+        let removed_at = match &state {
+            ServiceState::Removed { at_ms } => Some(*at_ms),
+            ServiceState::Live(_) => None,
+        };
         let timer = s.record.as_ref().and_then(|r| r.timer);
         s.record = Some(ServiceRecord { version, state, timer });
-        if removed {
-            let at = self.purge_time(now, physical);
+        if let Some(at_ms) = removed_at {
+            let at = self.purge_time(now, at_ms);
             self.arm_service(index, at);
         } else {
             self.disarm_service(index);
@@ -155,7 +157,8 @@ impl Registry {
             });
         }
         let version = self.next_version(now);
-        self.set_service_record(index, version, ServiceState::Removed, now, true);
+        let removed = ServiceState::Removed { at_ms: self.wall(now) };
+        self.set_service_record(index, version, removed, now, true);
         Ok(())
     }
 
