@@ -671,7 +671,9 @@ impl Registry {
             Lease::from_metadata_or_default(&data.metadata, &self.timings).heartbeat_interval
         };
         let mine = self.responsibility.is_mine(hash);
-        if mine && data.ephemeral && !data.healthy {
+        // A beat is evidence of life wherever it lands: an unhealthy mark
+        // (this node's or the responsible node's) is lifted here at once.
+        if data.ephemeral && !data.healthy {
             let mut data = data.clone();
             data.healthy = true;
             if let Some(version) = self.derived_version(index) {

@@ -1,0 +1,223 @@
+//! The invariants of DESIGN.md, checked every virtual second and at the end.
+//!
+//! 1. Convergence: after the heal, within a bound, every node is ready and
+//!    holds the same live records, equal to the instances of live clients,
+//!    all healthy; and it stays so until the end.
+//! 2. No live instance is lost: an instance whose latest heartbeat a node
+//!    acknowledged less than `unhealthy_after` ago is live and healthy on
+//!    that node (it refutes any expiry or unhealthy mark from elsewhere).
+//! 3. Dead clients disappear from every node within removal time plus a
+//!    bounded sync time after they die (or after the heal, whichever is later).
+//! 4. No resurrection: once a client's deregistration is acknowledged, no node
+//!    ever holds a live record of it with a newer version.
+//! 5. Bounded state: every node's and the network's structural invariants and
+//!    queue bounds hold (their `check_invariants`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use muster_core::{InstanceKey, InstanceState, Record, ServiceKey, Timestamp};
+
+use crate::sim::{Life, Sim};
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Virtual time of the check that found it.
+    pub at: Timestamp,
+    /// Which invariant.
+    pub kind: String,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seed {} at {}: {}: {}", self.seed, self.at, self.kind, self.detail)
+    }
+}
+
+/// Slack for clock drift and scheduling when comparing with a lease.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// The longest a dead client may stay visible after it died or the heal.
+pub(crate) fn dead_client_bound(sim: &Sim) -> Duration {
+    let t = &sim.config.timings;
+    // Removal after silence, plus one refutation (a node that saw a late beat
+    // keeps it up to one more unhealthy period), plus failure detection and
+    // two anti-entropy rounds to carry the removal everywhere.
+    t.remove_after + t.unhealthy_after + t.down_after + 2 * t.anti_entropy_interval + SLACK * 5
+}
+
+/// Checks run every virtual second.
+pub(crate) fn periodic(sim: &mut Sim) -> Result<(), Violation> {
+    structure(sim);
+    live_where_beating(sim)?;
+    no_resurrection(sim)?;
+    if sim.now >= sim.heal_at {
+        dead_are_gone(sim)?;
+        match converged(sim) {
+            Ok(()) => {
+                if sim.converged_since.is_none() {
+                    sim.converged_since = Some(sim.now);
+                }
+            }
+            Err(_) => sim.converged_since = None,
+        }
+    }
+    Ok(())
+}
+
+/// Checks at the end of the run.
+pub(crate) fn at_end(sim: &Sim) -> Result<(), Violation> {
+    structure(sim);
+    if let Err(why) = converged(sim) {
+        let heal = sim.now.saturating_since(sim.heal_at);
+        return Err(sim.violation("convergence", format!("not converged {heal:?} after the heal: {why}")));
+    }
+    if sim.converged_since.is_none() {
+        return Err(sim.violation("convergence", "converged only at the last instant".into()));
+    }
+    Ok(())
+}
+
+fn structure(sim: &Sim) {
+    for n in &sim.nodes {
+        if let Some(node) = &n.node {
+            node.check_invariants();
+        }
+    }
+}
+
+fn live_where_beating(sim: &Sim) -> Result<(), Violation> {
+    let fresh = sim.config.timings.unhealthy_after.saturating_sub(SLACK);
+    for p in sim.providers.iter().filter(|p| p.life == Life::Alive) {
+        let Some(ack) = p.last_ack else { continue };
+        if sim.now.saturating_since(ack.at) >= fresh {
+            continue;
+        }
+        let n = &sim.nodes[ack.node];
+        if n.incarnation != ack.incarnation {
+            continue;
+        }
+        let Some(node) = &n.node else { continue };
+        match node.instance_record(&p.key) {
+            Some(Record::Instance { state: InstanceState::Live(d), .. }) if d.healthy => {}
+            other => {
+                let detail =
+                    format!("{} acknowledged a beat of {} at {} but holds {:?}", n.id, p.key, ack.at, other);
+                return Err(sim.violation("live-instance-lost", detail));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn no_resurrection(sim: &Sim) -> Result<(), Violation> {
+    for p in &sim.providers {
+        let Life::Left { version: gone } = &p.life else { continue };
+        for n in &sim.nodes {
+            let Some(node) = &n.node else { continue };
+            if let Some(Record::Instance { version, state: InstanceState::Live(_), .. }) =
+                node.instance_record(&p.key)
+            {
+                if version > *gone {
+                    let detail =
+                        format!("{} deregistered as {gone:?}, live again on {} as {version:?}", p.key, n.id);
+                    return Err(sim.violation("resurrection", detail));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dead_are_gone(sim: &Sim) -> Result<(), Violation> {
+    let bound = dead_client_bound(sim);
+    for p in &sim.providers {
+        let gone_at = match &p.life {
+            Life::Dead { at } => *at,
+            Life::Left { .. } => p.last_ack.map_or(sim.heal_at, |a| a.at),
+            _ => continue,
+        };
+        let last = p.last_ack.map_or(gone_at, |a| a.at.max(gone_at));
+        let deadline = last.max(sim.heal_at) + bound;
+        if sim.now < deadline {
+            continue;
+        }
+        for (_, node) in sim.ready_nodes() {
+            if let Some(d) = node.live_instances().get(&p.key) {
+                let detail = format!(
+                    "{} (gone at {gone_at}) still live on {} {bound:?} after, as {d:?}",
+                    p.key,
+                    node.id()
+                );
+                return Err(sim.violation("dead-client-visible", detail));
+            }
+        }
+    }
+    Ok(())
+}
+
+type Snapshot = (BTreeMap<InstanceKey, Record>, BTreeMap<ServiceKey, Record>);
+
+fn live_records(node: &muster_core::Node) -> Snapshot {
+    let mut instances = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    for r in node.records() {
+        if r.is_tombstone() {
+            continue;
+        }
+        match &r {
+            Record::Instance { key, .. } => {
+                instances.insert(key.clone(), r);
+            }
+            Record::Service { key, .. } => {
+                services.insert(key.clone(), r);
+            }
+        }
+    }
+    (instances, services)
+}
+
+/// Whether the cluster has converged; the reason if not.
+pub(crate) fn converged(sim: &Sim) -> Result<(), String> {
+    if let Some(n) = sim.nodes.iter().find(|n| !n.running()) {
+        return Err(format!("{} is not running", n.id));
+    }
+    let ready: Vec<_> = sim.ready_nodes().collect();
+    if ready.len() != sim.nodes.len() {
+        return Err(format!("{} of {} nodes ready", ready.len(), sim.nodes.len()));
+    }
+    let (first_i, first) = ready[0];
+    let reference = live_records(first);
+    for (i, node) in &ready[1..] {
+        let other = live_records(node);
+        if other != reference {
+            let only_a = reference.0.keys().filter(|k| !other.0.contains_key(*k)).count();
+            let only_b = other.0.keys().filter(|k| !reference.0.contains_key(*k)).count();
+            return Err(format!(
+                "{} and {} differ ({only_a} live instances only on the first, {only_b} only on the second)",
+                sim.nodes[first_i].id, sim.nodes[*i].id
+            ));
+        }
+    }
+    let alive = sim.alive_keys();
+    let held: std::collections::BTreeSet<InstanceKey> = reference.0.keys().cloned().collect();
+    if held != alive {
+        let missing: Vec<_> = alive.difference(&held).map(ToString::to_string).collect();
+        let extra: Vec<_> = held.difference(&alive).map(ToString::to_string).collect();
+        return Err(format!("live instances missing {missing:?}, extra {extra:?}"));
+    }
+    for r in reference.0.values() {
+        if let Record::Instance { key, state: InstanceState::Live(d), .. } = r {
+            if !d.healthy {
+                return Err(format!("{key} is unhealthy"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `muster-harness`: runs seeded simulated histories and checks invariants.
+//!
+//! ```text
+//! muster-harness --seed S --runs N [--nodes K] [--threads T]
+//! ```
+//! Environment: `SIM_SEED` and `SIM_RUNS` stand in for the flags. Prints one
+//! summary line; on the first violation prints it with the command that
+//! replays it and exits with status 1.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use muster_harness::runner::{self, Summary};
+use muster_harness::scenario::Scenario;
+use muster_harness::sim::Bug;
+
+struct Args {
+    seed: u64,
+    runs: u64,
+    nodes: Option<usize>,
+    threads: usize,
+    bug: Option<Bug>,
+}
+
+fn parse() -> Result<Args, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let num = |flag: &str, v: Option<String>| -> Result<Option<u64>, String> {
+        v.map(|s| s.parse::<u64>().map_err(|_| format!("{flag} takes a whole number, got {s:?}"))).transpose()
+    };
+    let mut args = Args {
+        seed: num("SIM_SEED", env("SIM_SEED"))?.unwrap_or(0),
+        runs: num("SIM_RUNS", env("SIM_RUNS"))?.unwrap_or(1),
+        nodes: None,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        bug: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next();
+        match flag.as_str() {
+            "--seed" => args.seed = num("--seed", value)?.ok_or("--seed needs a value")?,
+            "--runs" => args.runs = num("--runs", value)?.ok_or("--runs needs a value")?,
+            "--nodes" => {
+                let n = num("--nodes", value)?.ok_or("--nodes needs a value")?;
+                if !(1..=32).contains(&n) {
+                    return Err("--nodes must be 1 to 32".into());
+                }
+                args.nodes = Some(n as usize);
+            }
+            "--threads" => {
+                args.threads = num("--threads", value)?.ok_or("--threads needs a value")?.max(1) as usize
+            }
+            "--bug" => match value.as_deref() {
+                Some("keep-older-on-merge") => args.bug = Some(Bug::KeepOlderOnMerge),
+                other => return Err(format!("--bug takes keep-older-on-merge, got {other:?}")),
+            },
+            "-h" | "--help" => {
+                return Err("usage: muster-harness --seed S --runs N [--nodes K] [--threads T] [--bug keep-older-on-merge]".into());
+            }
+            other => return Err(format!("unknown flag {other:?}; see --help")),
+        }
+    }
+    Ok(args)
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("muster-harness: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let every = (args.runs / 20).max(1);
+    let progress = |done: u64| {
+        if args.runs > 1 && done % every == 0 {
+            eprint!("\r{done}/{} runs, {:.0?}", args.runs, started.elapsed());
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let summary: Summary =
+        runner::run_many(args.seed, args.runs, args.nodes, args.threads, args.bug, &progress);
+    if args.runs > 1 {
+        eprintln!();
+    }
+    let trace = if args.runs == 1 {
+        let o = runner::run_one(Scenario::from_seed(args.seed, args.nodes), args.bug);
+        format!(" trace={:016x}", o.trace_hash)
+    } else {
+        String::new()
+    };
+    println!(
+        "runs={} steps={} messages={} bytes={} faults={} worst_convergence={:.1}s (seed {}) elapsed={:.1}s{trace}",
+        summary.runs,
+        summary.steps,
+        summary.messages,
+        summary.bytes,
+        summary.faults,
+        summary.worst_convergence.as_secs_f64(),
+        summary.worst_convergence_seed,
+        started.elapsed().as_secs_f64(),
+    );
+    match summary.violation {
+        None => ExitCode::SUCCESS,
+        Some(v) => {
+            println!("VIOLATION {v}");
+            let mut nodes = args.nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default();
+            if args.bug.is_some() {
+                nodes.push_str(" --bug keep-older-on-merge");
+            }
+            println!(
+                "replay (commit {}): cargo run --release -p muster-harness -- --seed {} --runs 1{nodes}",
+                commit(),
+                v.seed
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

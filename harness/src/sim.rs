@@ -1,0 +1,801 @@
+//! The discrete-event simulator: N cores over `transport-mem`, a virtual
+//! clock, simulated providers and consumers, faults, and invariant checks.
+//!
+//! One thread, no sleeps: the loop takes the earliest of {node timeouts,
+//! network deliveries, client actions, fault events, checks}, jumps the clock
+//! there and feeds it. Every random choice comes from the scenario's seed, so
+//! a run is a pure function of its scenario; the trace hash proves it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use muster_core::hash::{SplitMix64, StableHasher};
+use muster_core::message::{decode, encode};
+use muster_core::{
+    BeatReply, Config, Event, InstanceKey, MessageError, Node, NodeId, Record, RegisterRequest, RequestError,
+    Selector, ServiceKey, Timestamp,
+};
+use muster_transport_mem::{LinkConfig, Network, Probability};
+
+use crate::check::{self, Violation};
+use crate::scenario::Scenario;
+
+/// Wall-clock milliseconds of the simulation's epoch.
+const BASE_WALL_MS: u64 = 1_750_000_000_000;
+/// How often invariants are checked, in virtual time.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a client waits on an unreachable node before trying another.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Services the providers spread over.
+const SERVICES: usize = 3;
+/// Most messages waiting for a paused node.
+const INBOX_MAX: usize = 100_000;
+
+/// A deliberate bug to inject, proving the simulator catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Merge keeps the older of two records.
+    KeepOlderOnMerge,
+}
+
+/// What one run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// Peer messages sent.
+    pub messages: u64,
+    /// Bytes of peer messages sent.
+    pub bytes: u64,
+    /// Faults applied during the chaos (partitions, crashes, pauses, ...).
+    pub faults: u64,
+    /// Virtual time from the heal to lasting convergence.
+    pub convergence: Option<Duration>,
+    /// Hash of every event of the run: equal for equal scenarios.
+    pub trace_hash: u64,
+    /// The first invariant broken, if any.
+    pub violation: Option<Violation>,
+}
+
+/// A node process in the simulation.
+pub(crate) struct SimNode {
+    pub(crate) id: NodeId,
+    pub(crate) node: Option<Node>,
+    pub(crate) incarnation: u32,
+    offset_ms: u64,
+    drift_ppm: i64,
+    wall_skew_ms: i64,
+    pub(crate) paused_until: Option<Timestamp>,
+    crashed_until: Option<Timestamp>,
+    inbox: VecDeque<Vec<u8>>,
+}
+
+impl SimNode {
+    /// The node's local clock at global time `g`.
+    pub(crate) fn local(&self, g: Timestamp) -> Timestamp {
+        let g = i128::from(g.as_millis());
+        let l = i128::from(self.offset_ms) + g + g * i128::from(self.drift_ppm) / 1_000_000;
+        Timestamp::from_millis(u64::try_from(l.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// The earliest global time at which the local clock reads at least `l`.
+    fn global(&self, l: Timestamp) -> Timestamp {
+        let target = i128::from(l.as_millis()) - i128::from(self.offset_ms);
+        let mut g = (target * 1_000_000 / (1_000_000 + i128::from(self.drift_ppm))).max(0);
+        let to_ts = |g: i128| Timestamp::from_millis(u64::try_from(g.max(0)).unwrap_or(u64::MAX));
+        while self.local(to_ts(g)) < l {
+            g += 1;
+        }
+        while g > 0 && self.local(to_ts(g - 1)) >= l {
+            g -= 1;
+        }
+        to_ts(g)
+    }
+
+    /// Whether clients and peers can reach the process.
+    pub(crate) fn running(&self) -> bool {
+        self.node.is_some() && self.paused_until.is_none()
+    }
+}
+
+/// A provider's life.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Life {
+    /// Not started yet.
+    Pending,
+    /// Registers and beats.
+    Alive,
+    /// Stopped without deregistering, at this time.
+    Dead { at: Timestamp },
+    /// Deregistered (acknowledged) at this time, with the tombstone's version.
+    Left { version: muster_core::Version },
+}
+
+/// The last heartbeat a node acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) at: Timestamp,
+    pub(crate) node: usize,
+    pub(crate) incarnation: u32,
+}
+
+/// A service provider with one instance.
+pub(crate) struct Provider {
+    pub(crate) key: InstanceKey,
+    pub(crate) life: Life,
+    target: usize,
+    registered: bool,
+    next_at: Timestamp,
+    pub(crate) last_ack: Option<Ack>,
+    /// Planned lifecycle: (time, what).
+    plan: VecDeque<(Timestamp, Plan)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Start,
+    Die,
+    Leave,
+}
+
+/// A planned fault.
+#[derive(Clone, Debug, PartialEq)]
+enum Fault {
+    Partition(Vec<NodeId>, Vec<NodeId>),
+    Repair(Vec<NodeId>, Vec<NodeId>),
+    OneWay(NodeId, NodeId),
+    RepairOneWay(NodeId, NodeId),
+    Isolate(NodeId),
+    Rejoin(NodeId),
+    Crash(usize),
+    Restart(usize),
+    Pause(usize, Duration),
+    Links(LinkConfig),
+}
+
+/// The simulated world.
+pub struct Sim {
+    pub(crate) scenario: Scenario,
+    pub(crate) now: Timestamp,
+    rng: SplitMix64,
+    pub(crate) nodes: Vec<SimNode>,
+    index: BTreeMap<NodeId, usize>,
+    net: Network<Vec<u8>>,
+    pub(crate) providers: Vec<Provider>,
+    faults: BTreeMap<(Timestamp, u64), Fault>,
+    pub(crate) heal_at: Timestamp,
+    healed: bool,
+    end_at: Timestamp,
+    next_check: Timestamp,
+    next_query: Timestamp,
+    trace: StableHasher,
+    steps: u64,
+    faults_applied: u64,
+    pub(crate) converged_since: Option<Timestamp>,
+    pub(crate) config: Config,
+    bug: Option<Bug>,
+}
+
+fn link(f: &crate::scenario::Faults) -> LinkConfig {
+    let p = |v: f64| Probability::new(v).unwrap_or(Probability::ZERO);
+    LinkConfig {
+        latency: f.latency,
+        jitter: f.jitter,
+        loss: p(f.loss),
+        duplicate: p(f.duplicate),
+        reorder: p(f.reorder),
+        ..LinkConfig::perfect(f.latency)
+    }
+}
+
+impl Sim {
+    /// A world for `scenario`, optionally with a deliberate bug in every node.
+    pub fn new(scenario: Scenario, bug: Option<Bug>) -> Sim {
+        let mut rng = SplitMix64::new(scenario.seed);
+        let ids: Vec<NodeId> = (0..scenario.nodes)
+            .filter_map(|i| NodeId::parse(&format!("10.0.0.{}:8848", i + 1)).ok())
+            .collect();
+        let mut config = Config::new(ids[0].clone());
+        config.brake.share = 1.0; // Mass expiry is what chaos produces; the brake has its own tests.
+        config.timings.tombstone_ttl = scenario.tombstone_ttl;
+        let skew = muster_core::time::millis(scenario.faults.clock_skew) as i64;
+        let drift = i64::from(scenario.faults.drift_ppm);
+        let nodes = ids
+            .iter()
+            .map(|id| SimNode {
+                id: id.clone(),
+                node: None,
+                incarnation: 0,
+                offset_ms: rng.below(1_000),
+                drift_ppm: if drift > 0 { rng.below(2 * drift as u64 + 1) as i64 - drift } else { 0 },
+                wall_skew_ms: if skew > 0 { rng.below(2 * skew as u64 + 1) as i64 - skew } else { 0 },
+                paused_until: None,
+                crashed_until: None,
+                inbox: VecDeque::new(),
+            })
+            .collect();
+        let index = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
+        let net = Network::new(rng.next_u64(), link(&scenario.faults));
+        let heal_at = Timestamp::ZERO + scenario.chaos;
+        let end_at = heal_at + scenario.heal;
+        let mut sim = Sim {
+            now: Timestamp::ZERO,
+            rng,
+            nodes,
+            index,
+            net,
+            providers: Vec::new(),
+            faults: BTreeMap::new(),
+            heal_at,
+            healed: false,
+            end_at,
+            next_check: Timestamp::ZERO,
+            next_query: Timestamp::ZERO,
+            trace: StableHasher::new(),
+            steps: 0,
+            faults_applied: 0,
+            converged_since: None,
+            config,
+            bug,
+            scenario,
+        };
+        for i in 0..sim.nodes.len() {
+            sim.boot(i);
+        }
+        sim.plan_providers();
+        sim.plan_faults();
+        sim
+    }
+
+    fn boot(&mut self, i: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let local = n.local(now);
+        let mut config = self.config.clone();
+        config.node_id = n.id.clone();
+        config.peers = self.index.keys().filter(|p| **p != n.id).cloned().collect();
+        config.seed = self.scenario.seed ^ (i as u64) << 32 ^ u64::from(n.incarnation);
+        // The node's wall clock reads BASE + skew + global time.
+        let wall_now = BASE_WALL_MS as i64 + n.wall_skew_ms + now.as_millis() as i64;
+        config.wall_clock_ms = u64::try_from(wall_now - local.as_millis() as i64).unwrap_or(0);
+        n.incarnation += 1;
+        n.crashed_until = None;
+        n.paused_until = None;
+        n.inbox.clear();
+        match Node::new(config, local) {
+            Ok(mut node) => {
+                if self.bug == Some(Bug::KeepOlderOnMerge) {
+                    node.inject_bug_keep_older_on_merge();
+                }
+                n.node = Some(node);
+            }
+            Err(e) => panic!("simulation config is invalid: {e}"),
+        }
+        self.drain(i);
+    }
+
+    fn plan_providers(&mut self) {
+        let chaos_ms = muster_core::time::millis(self.scenario.chaos).max(1);
+        for p in 0..self.scenario.providers {
+            let service = ServiceKey::parse(None, None, &format!("svc-{}", p % SERVICES));
+            let key = service.and_then(|s| {
+                InstanceKey::parse(s, None, &format!("172.16.{}.{}", p / 200, p % 200 + 1), 8080)
+            });
+            let Ok(key) = key else { continue };
+            let mut plan = VecDeque::new();
+            let churn = self.scenario.faults.churn;
+            let start = if churn && self.rng.chance(0.3) { self.rng.below(chaos_ms) } else { 0 };
+            plan.push_back((Timestamp::from_millis(start), Plan::Start));
+            if churn {
+                let end = start + 1 + self.rng.below(chaos_ms);
+                if end < chaos_ms {
+                    let what = if self.rng.chance(0.4) { Plan::Leave } else { Plan::Die };
+                    plan.push_back((Timestamp::from_millis(end), what));
+                }
+            }
+            let target = self.rng.below(self.nodes.len() as u64) as usize;
+            self.providers.push(Provider {
+                key,
+                life: Life::Pending,
+                target,
+                registered: false,
+                next_at: Timestamp::MAX,
+                last_ack: None,
+                plan,
+            });
+        }
+    }
+
+    fn plan_faults(&mut self) {
+        let f = self.scenario.faults.clone();
+        let mut kinds = Vec::new();
+        for (on, k) in [
+            (f.partitions, 0u8),
+            (f.one_way, 1),
+            (f.isolations, 2),
+            (f.crashes, 3),
+            (f.pauses, 4),
+            (f.loss > 0.0 || f.duplicate > 0.0, 5),
+        ] {
+            if on {
+                kinds.push(k);
+            }
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let chaos_ms = muster_core::time::millis(self.scenario.chaos);
+        let mut t = 2_000 + self.rng.below(3_000);
+        let mut planned: Vec<(Timestamp, Fault)> = Vec::new();
+        while t < chaos_ms {
+            let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
+            let dur = 2_000 + self.rng.below(28_000);
+            let (start, end) = (Timestamp::from_millis(t), Timestamp::from_millis((t + dur).min(chaos_ms)));
+            let (a, b) = (self.random_node(), self.random_node());
+            let mut add = |at: Timestamp, fault: Fault| planned.push((at, fault));
+            match kind {
+                0 => {
+                    let (ga, gb) = split(&mut self.rng, &self.nodes);
+                    add(start, Fault::Partition(ga.clone(), gb.clone()));
+                    add(end, Fault::Repair(ga, gb));
+                }
+                1 if a != b => {
+                    let (ia, ib) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
+                    add(start, Fault::OneWay(ia.clone(), ib.clone()));
+                    add(end, Fault::RepairOneWay(ia, ib));
+                }
+                2 => {
+                    let id = self.nodes[a].id.clone();
+                    add(start, Fault::Isolate(id.clone()));
+                    add(end, Fault::Rejoin(id));
+                }
+                3 => {
+                    add(start, Fault::Crash(a));
+                    add(end, Fault::Restart(a));
+                }
+                4 => add(start, Fault::Pause(a, Duration::from_millis(dur.min(25_000)))),
+                _ => {
+                    let mut l = link(&f);
+                    let scale = self.rng.below(101) as f64 / 100.0;
+                    l.loss = Probability::new(f.loss * scale).unwrap_or(Probability::ZERO);
+                    add(start, Fault::Links(l));
+                }
+            }
+            t += 3_000 + self.rng.below(12_000);
+        }
+        for (seq, (at, fault)) in planned.into_iter().enumerate() {
+            self.faults.insert((at, seq as u64), fault);
+        }
+    }
+
+    fn random_node(&mut self) -> usize {
+        self.rng.below(self.nodes.len() as u64) as usize
+    }
+
+    // ---- the loop ------------------------------------------------------
+
+    /// Runs the scenario to its end, stopping at the first violation.
+    pub fn run(mut self) -> Outcome {
+        let violation = loop {
+            match self.step() {
+                Ok(true) => {}
+                Ok(false) => break check::at_end(&self).err(),
+                Err(v) => break Some(v),
+            }
+        };
+        let stats = self.net.stats();
+        Outcome {
+            seed: self.scenario.seed,
+            steps: self.steps,
+            messages: stats.sent,
+            bytes: stats.bytes_sent,
+            faults: self.faults_applied,
+            convergence: self.converged_since.map(|t| t.saturating_since(self.heal_at)),
+            trace_hash: self.trace.finish(),
+            violation,
+        }
+    }
+
+    /// One event time. `Ok(false)` at the end of the run.
+    fn step(&mut self) -> Result<bool, Violation> {
+        let next = self.next_event_time();
+        if next > self.end_at {
+            return Ok(false);
+        }
+        self.now = self.now.max(next);
+        self.steps += 1;
+        self.trace.u64(self.now.as_millis());
+        if self.now >= self.heal_at && !self.healed {
+            self.heal();
+        }
+        self.faults_due();
+        self.resumes_due()?;
+        self.deliveries_due()?;
+        self.timeouts_due();
+        self.clients_due()?;
+        if self.now >= self.next_query {
+            self.consumer_query()?;
+            self.next_query = self.now + Duration::from_millis(700);
+        }
+        if self.now >= self.next_check {
+            self.next_check = self.now + CHECK_EVERY;
+            check::periodic(self)?;
+        }
+        Ok(true)
+    }
+
+    fn next_event_time(&self) -> Timestamp {
+        let mut next = self.next_check.min(self.next_query);
+        for n in &self.nodes {
+            if let (Some(node), None) = (&n.node, n.paused_until) {
+                if let Some((t, _)) = node.poll_timeout() {
+                    next = next.min(n.global(t));
+                }
+            }
+            for t in [n.paused_until, n.crashed_until].into_iter().flatten() {
+                next = next.min(t);
+            }
+        }
+        if let Some(t) = self.net.poll_timeout() {
+            next = next.min(t);
+        }
+        for p in &self.providers {
+            next = next.min(p.next_at);
+            if let Some((t, _)) = p.plan.front() {
+                next = next.min(*t);
+            }
+        }
+        if let Some(((t, _), _)) = self.faults.first_key_value() {
+            next = next.min(*t);
+        }
+        if self.now < self.heal_at {
+            next = next.min(self.heal_at);
+        }
+        next.max(self.now)
+    }
+
+    /// The end of the chaos: the network heals, crashed nodes restart, paused
+    /// ones resume. Clients carry on.
+    fn heal(&mut self) {
+        self.healed = true;
+        self.faults.clear();
+        self.trace.u64(0x4ea1);
+        self.net.heal();
+        self.net.set_default_link(LinkConfig::perfect(Duration::from_millis(1)));
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none() {
+                self.boot(i);
+            }
+            if self.nodes[i].paused_until.is_some() {
+                self.nodes[i].paused_until = Some(self.now);
+            }
+        }
+    }
+
+    fn faults_due(&mut self) {
+        while let Some(entry) = self.faults.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let fault = entry.remove();
+            self.trace.str(&format!("{fault:?}"));
+            self.faults_applied += 1;
+            self.apply_fault(fault);
+        }
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        match fault {
+            Fault::Partition(a, b) => self.net.partition(&a, &b),
+            Fault::Repair(a, b) => self.net.repair(&a, &b),
+            Fault::OneWay(a, b) => self.net.partition_one_way(&a, &b),
+            Fault::RepairOneWay(a, b) => self.net.repair_one_way(&a, &b),
+            Fault::Isolate(a) => self.net.isolate(&a),
+            Fault::Rejoin(a) => self.net.rejoin(&a),
+            Fault::Crash(i) => {
+                let n = &mut self.nodes[i];
+                if n.node.take().is_some() {
+                    n.paused_until = None;
+                    n.inbox.clear();
+                    n.crashed_until = Some(Timestamp::MAX);
+                    let id = n.id.clone();
+                    self.net.drop_in_flight_to(&id);
+                }
+            }
+            Fault::Restart(i) => {
+                if self.nodes[i].node.is_none() {
+                    self.boot(i);
+                }
+            }
+            Fault::Pause(i, d) => {
+                let n = &mut self.nodes[i];
+                if n.running() {
+                    n.paused_until = Some(self.now + d);
+                }
+            }
+            Fault::Links(l) => self.net.set_default_link(l),
+        }
+    }
+
+    fn resumes_due(&mut self) -> Result<(), Violation> {
+        for i in 0..self.nodes.len() {
+            let due = self.nodes[i].paused_until.is_some_and(|t| t <= self.now);
+            if !due {
+                continue;
+            }
+            self.nodes[i].paused_until = None;
+            self.trace.u64(0x5e5u64 + i as u64);
+            while let Some(bytes) = self.nodes[i].inbox.pop_front() {
+                self.receive(i, &bytes)?;
+            }
+            let local = self.nodes[i].local(self.now);
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_timeout(local);
+            }
+            self.drain(i);
+        }
+        Ok(())
+    }
+
+    fn deliveries_due(&mut self) -> Result<(), Violation> {
+        while let Some(d) = self.net.poll_delivery(self.now) {
+            let Some(&i) = self.index.get(&d.to) else { continue };
+            self.trace.u64(i as u64).bytes(&d.msg[..d.msg.len().min(64)]);
+            let n = &mut self.nodes[i];
+            if n.node.is_none() {
+                continue;
+            }
+            if n.paused_until.is_some() {
+                if n.inbox.len() < INBOX_MAX {
+                    n.inbox.push_back(d.msg);
+                }
+                continue;
+            }
+            self.receive(i, &d.msg)?;
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, i: usize, bytes: &[u8]) -> Result<(), Violation> {
+        let (from, msg) = match decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(self.violation("codec", format!("a frame our encoder made failed to decode: {e}")));
+            }
+        };
+        let local = self.nodes[i].local(self.now);
+        let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+        match node.handle_message(local, &from, msg) {
+            Ok(()) | Err(MessageError::RecordsRejected { .. }) => {}
+            Err(e) => {
+                let detail = format!("node {} refused a peer message: {e}", self.nodes[i].id);
+                return Err(self.violation("peer-message", detail));
+            }
+        }
+        self.drain(i);
+        Ok(())
+    }
+
+    fn timeouts_due(&mut self) {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if !n.running() {
+                continue;
+            }
+            let local = n.local(self.now);
+            let due = n.node.as_ref().and_then(Node::poll_timeout).is_some_and(|(t, _)| t <= local);
+            if due {
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.handle_timeout(local);
+                }
+                self.drain(i);
+            }
+        }
+    }
+
+    /// Moves a node's outputs into the network and the trace.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let Some(node) = n.node.as_mut() else { return };
+        while let Some(t) = node.poll_transmit() {
+            let bytes = encode(&n.id, &t.msg);
+            let len = bytes.len();
+            self.net.send(now, &n.id, &t.to, bytes, len);
+        }
+        while let Some(e) = node.poll_event() {
+            let code = match e {
+                Event::ServiceChanged(_) => 1,
+                Event::PeerStateChanged(_) => 2,
+                Event::Ready { .. } => 3,
+                Event::PauseDetected { .. } => 4,
+                _ => 5,
+            };
+            self.trace.u64(code);
+        }
+    }
+
+    // ---- clients -------------------------------------------------------
+
+    fn clients_due(&mut self) -> Result<(), Violation> {
+        for p in 0..self.providers.len() {
+            while self.providers[p].plan.front().is_some_and(|(t, _)| *t <= self.now) {
+                let Some((_, what)) = self.providers[p].plan.pop_front() else { break };
+                self.lifecycle(p, what)?;
+            }
+            let mut budget = 4;
+            while self.providers[p].next_at <= self.now && budget > 0 {
+                budget -= 1;
+                self.provider_act(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lifecycle(&mut self, p: usize, what: Plan) -> Result<(), Violation> {
+        self.trace.u64(0x1000 + p as u64).u64(what as u64);
+        match what {
+            Plan::Start => {
+                self.providers[p].life = Life::Alive;
+                self.providers[p].next_at = self.now;
+            }
+            Plan::Die => {
+                if self.providers[p].life == Life::Alive {
+                    self.providers[p].life = Life::Dead { at: self.now };
+                    self.providers[p].next_at = Timestamp::MAX;
+                }
+            }
+            Plan::Leave => {
+                if self.providers[p].life != Life::Alive {
+                    return Ok(());
+                }
+                let target = self.providers[p].target;
+                let key = self.providers[p].key.clone();
+                let local = self.nodes[target].local(self.now);
+                let running = self.nodes[target].running();
+                let result = match self.nodes[target].node.as_mut() {
+                    Some(node) if running => {
+                        Some(node.deregister(local, &key).map(|()| node.instance_record(&key)))
+                    }
+                    _ => None,
+                };
+                self.drain(target);
+                self.providers[p].next_at = Timestamp::MAX;
+                self.providers[p].life = match result {
+                    Some(Ok(Some(Record::Instance { version, .. }))) => Life::Left { version },
+                    _ => Life::Dead { at: self.now },
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn reachable(&self, i: usize) -> bool {
+        self.nodes[i].running()
+    }
+
+    fn switch_target(&mut self, p: usize) {
+        let n = self.nodes.len();
+        let start = self.providers[p].target;
+        for step in 1..=n {
+            let i = (start + step) % n;
+            if self.reachable(i) {
+                self.providers[p].target = i;
+                return;
+            }
+        }
+        self.providers[p].target = (start + 1) % n;
+    }
+
+    fn provider_act(&mut self, p: usize) -> Result<(), Violation> {
+        if self.providers[p].life != Life::Alive {
+            self.providers[p].next_at = Timestamp::MAX;
+            return Ok(());
+        }
+        let target = self.providers[p].target;
+        if !self.reachable(target) {
+            self.switch_target(p);
+            self.providers[p].next_at = self.now + CLIENT_TIMEOUT;
+            return Ok(());
+        }
+        let key = self.providers[p].key.clone();
+        let registered = self.providers[p].registered;
+        let local = self.nodes[target].local(self.now);
+        let incarnation = self.nodes[target].incarnation;
+        let Some(node) = self.nodes[target].node.as_mut() else { return Ok(()) };
+        let result = if registered {
+            node.heartbeat(local, &key).map(Some)
+        } else {
+            node.register(local, RegisterRequest::new(key.clone())).map(|_| None)
+        };
+        self.drain(target);
+        self.trace.u64(0x2000 + p as u64).u64(u64::from(result.is_ok()));
+        let beat = muster_core::time::millis(self.config.timings.heartbeat_interval);
+        match result {
+            Ok(Some(BeatReply::Unknown)) => {
+                self.providers[p].registered = false;
+                self.providers[p].next_at = self.now;
+            }
+            Ok(_) => {
+                let pr = &mut self.providers[p];
+                pr.registered = true;
+                pr.last_ack = Some(Ack { at: self.now, node: target, incarnation });
+                pr.next_at = self.now + Duration::from_millis(beat - 100 + self.rng.below(200));
+            }
+            Err(RequestError::NotReady) => {
+                self.switch_target(p);
+                self.providers[p].next_at = self.now + Duration::from_millis(200);
+            }
+            Err(e) => return Err(self.violation("client", format!("provider {key} got {e}"))),
+        }
+        Ok(())
+    }
+
+    fn consumer_query(&mut self) -> Result<(), Violation> {
+        let i = self.random_node();
+        if !self.reachable(i) {
+            return Ok(());
+        }
+        let service = ServiceKey::parse(None, None, &format!("svc-{}", self.rng.below(SERVICES as u64)));
+        let Ok(service) = service else { return Ok(()) };
+        let local = self.nodes[i].local(self.now);
+        let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+        let sel = Selector { clusters: vec![], healthy_only: self.rng.chance(0.5) };
+        match node.query(local, &service, &sel) {
+            Ok(answer) => {
+                self.trace.u64(answer.checksum().0);
+                Ok(())
+            }
+            Err(RequestError::NotReady) => Ok(()),
+            Err(e) => Err(self.violation("consumer", format!("query of {service} failed: {e}"))),
+        }
+    }
+
+    pub(crate) fn violation(&self, kind: &str, detail: String) -> Violation {
+        Violation { seed: self.scenario.seed, at: self.now, kind: kind.to_owned(), detail }
+    }
+
+    /// The node processes that run and have loaded the registry.
+    pub(crate) fn ready_nodes(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.running())
+            .filter_map(|(i, n)| n.node.as_ref().map(|node| (i, node)))
+            .filter(|(_, node)| node.is_ready())
+    }
+
+    /// Providers alive and registered.
+    pub(crate) fn alive_keys(&self) -> BTreeSet<InstanceKey> {
+        self.providers
+            .iter()
+            .filter(|p| p.life == Life::Alive && p.registered)
+            .map(|p| p.key.clone())
+            .collect()
+    }
+}
+
+/// Runs one scenario.
+pub fn run(scenario: Scenario) -> Outcome {
+    Sim::new(scenario, None).run()
+}
+
+/// Runs one scenario with a deliberate bug injected in every node.
+pub fn run_with_bug(scenario: Scenario, bug: Bug) -> Outcome {
+    Sim::new(scenario, Some(bug)).run()
+}
+
+/// Two non-empty groups of nodes (one may be empty with a single node).
+fn split(rng: &mut SplitMix64, nodes: &[SimNode]) -> (Vec<NodeId>, Vec<NodeId>) {
+    let n = nodes.len();
+    let cut = 1 + rng.below(n.saturating_sub(1).max(1) as u64) as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    let ids = |s: &[usize]| s.iter().map(|i| nodes[*i].id.clone()).collect::<Vec<_>>();
+    (ids(&order[..cut.min(n)]), ids(&order[cut.min(n)..]))
+}
