@@ -562,7 +562,9 @@ impl Sim {
         let (from, msg) = match decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                return Err(self.violation("codec", format!("a frame our encoder made failed to decode: {e}")));
+                return Err(
+                    self.violation("codec", format!("a frame our encoder made failed to decode: {e}"))
+                );
             }
         };
         let local = self.nodes[i].local(self.now);
