@@ -21,6 +21,7 @@ struct Args {
     nodes: Option<usize>,
     threads: usize,
     bug: Option<Bug>,
+    measure: Option<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,9 +35,14 @@ fn parse() -> Result<Args, String> {
         nodes: None,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         bug: None,
+        measure: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--measure" {
+            args.measure = Some(10_000);
+            continue;
+        }
         let value = it.next();
         match flag.as_str() {
             "--seed" => args.seed = num("--seed", value)?.ok_or("--seed needs a value")?,
@@ -51,12 +57,16 @@ fn parse() -> Result<Args, String> {
             "--threads" => {
                 args.threads = num("--threads", value)?.ok_or("--threads needs a value")?.max(1) as usize
             }
+            "--instances" => {
+                let n = num("--instances", value)?.ok_or("--instances needs a value")?;
+                args.measure = Some(n.clamp(1, 1_000_000) as usize);
+            }
             "--bug" => match value.as_deref() {
                 Some("keep-older-on-merge") => args.bug = Some(Bug::KeepOlderOnMerge),
                 other => return Err(format!("--bug takes keep-older-on-merge, got {other:?}")),
             },
             "-h" | "--help" => {
-                return Err("usage: muster-harness --seed S --runs N [--nodes K] [--threads T] [--bug keep-older-on-merge]".into());
+                return Err("usage: muster-harness --seed S --runs N [--nodes K] [--threads T] [--bug keep-older-on-merge]\n       muster-harness --measure [--nodes K] [--instances N]".into());
             }
             other => return Err(format!("unknown flag {other:?}; see --help")),
         }
@@ -82,6 +92,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(instances) = args.measure {
+        let nodes = args.nodes.unwrap_or(5);
+        let f =
+            muster_harness::measure::measure(nodes, instances, 2_000, std::time::Duration::from_millis(1));
+        println!(
+            "nodes={} instances={} burst={:.2}s (2000 registrations/s, 1 ms links)",
+            f.nodes,
+            f.instances,
+            f.burst.as_secs_f64()
+        );
+        println!("convergence_after_last_change={:.1}ms", f.convergence.as_secs_f64() * 1e3);
+        println!(
+            "per_registration: delta_messages={:.3} delta_bytes={:.0} all_messages={:.3} all_bytes={:.0}",
+            f.delta_messages_per_registration,
+            f.delta_bytes_per_registration,
+            f.messages_per_registration,
+            f.bytes_per_registration
+        );
+        println!(
+            "in_agreement: anti_entropy_bytes_per_node_round={:.1} ping_bytes_per_node_second={:.1}",
+            f.anti_entropy_bytes_per_round, f.ping_bytes_per_node_second
+        );
+        return ExitCode::SUCCESS;
+    }
     let started = Instant::now();
     let every = (args.runs / 20).max(1);
     let progress = |done: u64| {
