@@ -61,6 +61,18 @@ fn a_fault_free_cluster_converges_within_seconds_of_the_heal() {
     assert!(o.convergence.is_some_and(|c| c <= Duration::from_secs(1)), "{:?}", o.convergence);
 }
 
+/// Seeds that once found a bug, with what it was. They stay in the suite.
+const REGRESSIONS: &[(u64, &str)] =
+    &[(128, "a node acknowledging beats kept an instance unhealthy while forwarded beats were lost")];
+
+#[test]
+fn seeds_that_once_failed_pass() {
+    for (seed, what) in REGRESSIONS {
+        let o = run_one(Scenario::from_seed(*seed, None), None);
+        assert_eq!(o.violation, None, "regression of seed {seed}: {what}");
+    }
+}
+
 #[test]
 fn a_single_node_keeps_every_invariant() {
     let summary = run_many(500, 20, Some(1), threads(), None, &|_| {});
@@ -68,7 +80,7 @@ fn a_single_node_keeps_every_invariant() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn generated_scenarios_keep_every_invariant(scenario in scenario_strategy()) {
