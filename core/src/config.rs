@@ -207,7 +207,7 @@ impl Default for Limits {
             max_pending_changes: 200_000,
             max_forwarded_beats: 100_000,
             max_queued_transmits: 10_000,
-            max_queued_events: 10_000,
+            max_queued_events: 20_000,
             max_timeouts_per_call: 10_000,
             max_page_size: 1_000,
         }
@@ -247,6 +247,13 @@ impl Limits {
         }
         if u32::try_from(self.max_services).is_err() {
             return Err(ConfigError::new("max_services", "must be below 2^32"));
+        }
+        if self.max_queued_events < self.max_timeouts_per_call.max(self.max_incoming_records) {
+            return Err(ConfigError::new(
+                "max_queued_events",
+                "must be at least max_timeouts_per_call and max_incoming_records, so that one input \
+                 never overflows the event queue",
+            ));
         }
         if self.max_incoming_records < self.max_records_per_message {
             return Err(ConfigError::new(

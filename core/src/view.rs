@@ -70,6 +70,12 @@ pub struct ServiceView {
     pub metadata: Metadata,
     /// Its live instances.
     pub instances: Vec<InstanceView>,
+    /// Whether the node holds any record of the service (live instances,
+    /// tombstones of removed ones, or explicit settings). An empty view of a
+    /// known service means it was really emptied; an empty view of an
+    /// unknown one may mean the node lost its memory (a restarted single
+    /// node), and a client cache should not be wiped for it.
+    pub known: bool,
 }
 
 /// Which instances a query wants.
@@ -154,7 +160,13 @@ impl QueryAnswer {
 impl ServiceView {
     /// The view of a service without instances.
     pub fn empty(key: ServiceKey) -> ServiceView {
-        ServiceView { key, protect_threshold: 0.0, metadata: Metadata::default(), instances: Vec::new() }
+        ServiceView {
+            key,
+            protect_threshold: 0.0,
+            metadata: Metadata::default(),
+            instances: Vec::new(),
+            known: false,
+        }
     }
 
     /// Selects instances as `selector` asks, applying the protect threshold:

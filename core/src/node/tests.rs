@@ -306,6 +306,18 @@ fn an_unknown_service_answers_with_no_instances() {
     let a = all(&mut n, at(0), "nothing-here");
     assert!(a.is_empty());
     assert!(!a.protect_threshold_reached());
+    assert!(!a.view().known);
+}
+
+#[test]
+fn an_emptied_service_is_known_to_be_empty() {
+    let mut n = single();
+    let k = key("orders", "10.0.0.1", 1);
+    register(&mut n, at(0), &k);
+    n.deregister(at(1), &k).unwrap();
+    let a = all(&mut n, at(2), "orders");
+    assert!(a.is_empty());
+    assert!(a.view().known, "the tombstone says the service was emptied");
 }
 
 #[test]

@@ -717,6 +717,7 @@ impl Registry {
 
     fn build_view(&self, s: &ServiceEntry) -> ServiceView {
         let mut view = ServiceView::empty(s.key.clone());
+        view.known = true;
         if let Some(ServiceRecord { state: ServiceState::Live(meta), .. }) = &s.record {
             view.protect_threshold = meta.protect_threshold;
             view.metadata = meta.metadata.clone();
