@@ -1,0 +1,71 @@
+//! `/v1/cluster/nodes` (clients) and `/cluster/v1/messages` (peers).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::{Response, StatusCode};
+use muster_core::message::decode;
+use muster_core::{PeerState, Timestamp};
+use serde::Serialize;
+
+use super::AppState;
+use super::instances::millis;
+use crate::driver::PeerInput;
+use crate::error::{ApiError, Body, bytes_response, json_response};
+use crate::peer::split_frames;
+
+/// `GET /v1/cluster/nodes`
+pub(super) async fn nodes(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    #[derive(Serialize)]
+    struct Node<'a> {
+        id: &'a str,
+        state: PeerState,
+        is_self: bool,
+        /// Milliseconds since this node last heard from it; `null` if never.
+        last_seen_ms: Option<u64>,
+        /// Milliseconds since its state last changed.
+        state_since_ms: u64,
+    }
+    #[derive(Serialize)]
+    struct Nodes<'a> {
+        #[serde(rename = "self")]
+        me: &'a str,
+        ready: bool,
+        nodes: Vec<Node<'a>>,
+    }
+    let status = state.driver.status().await?;
+    let age = |t: Timestamp| millis(status.now.saturating_since(t));
+    let nodes = status
+        .members
+        .iter()
+        .map(|m| Node {
+            id: m.id.as_str(),
+            state: m.state,
+            is_self: m.is_self,
+            last_seen_ms: if m.is_self { Some(0) } else { m.last_heard.map(age) },
+            state_since_ms: age(m.since),
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &Nodes { me: state.node_id.as_str(), ready: status.ready, nodes }))
+}
+
+/// `POST /cluster/v1/messages`: a batch of frames from a peer (the secret
+/// was checked by the Filter). Decoded here, merged by the driver later;
+/// answers once the messages are queued.
+pub(super) fn messages(state: &Arc<AppState>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let refuse = |message: String| {
+        state.metrics.peer_requests_refused.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_frame", message)
+    };
+    state.metrics.sync_bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+    let frames = split_frames(body).map_err(refuse)?;
+    let mut inputs = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let (from, msg) = decode(frame).map_err(|e| refuse(e.to_string()))?;
+        inputs.push(PeerInput { from, msg });
+    }
+    for input in inputs {
+        state.driver.peer_message(input)?;
+    }
+    Ok(bytes_response(StatusCode::NO_CONTENT, "application/json", bytes::Bytes::new()))
+}

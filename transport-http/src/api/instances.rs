@@ -1,0 +1,261 @@
+//! `/v1/instances`: register, heartbeat, update, deregister, query and watch.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::{Response, StatusCode};
+use muster_core::{
+    BeatReply, Checksum, Field, InstanceView, Name, QueryAnswer, RegisterRequest, Reply, Request, Selector,
+    ServiceKey, UpdateRequest,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::input::{Obj, Query, parse_duration};
+use super::{AppState, KEY_BODY};
+use crate::error::{ApiError, Body, json_response};
+
+/// `POST /v1/instances`
+pub(super) async fn register(
+    state: &Arc<AppState>,
+    allowed: &[&str],
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let mut o = Obj::from_body(body, allowed)?;
+    let key = o.instance_key()?;
+    let req = RegisterRequest {
+        key,
+        weight: o.num("weight")?,
+        enabled: o.bool("enabled")?,
+        healthy: o.bool("healthy")?,
+        ephemeral: o.bool("ephemeral")?,
+        metadata: o.string_map("metadata")?.unwrap_or_default(),
+    };
+    match state.driver.request(Request::Register(req)).await? {
+        Reply::Registered(r) => {
+            #[derive(Serialize)]
+            struct Registered {
+                instance_id: String,
+                heartbeat_interval_ms: u64,
+                created: bool,
+            }
+            let body = Registered {
+                instance_id: r.instance_id,
+                heartbeat_interval_ms: millis(r.heartbeat_interval),
+                created: r.created,
+            };
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `PUT /v1/instances/beat`: one instance key, or `{"beats": [keys]}`.
+pub(super) async fn beat(
+    state: &Arc<AppState>,
+    allowed: &[&str],
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let mut o = Obj::from_body(body, allowed)?;
+    let replies = if o.has("beats") {
+        if KEY_BODY.iter().any(|k| o.has(k)) {
+            return Err(ApiError::invalid(
+                "beats",
+                "give either one instance key or {\"beats\": [keys]}, not both",
+            ));
+        }
+        let keys = match o.take("beats") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Obj::from_value(v, KEY_BODY, format!("beats[{i}]."))?.instance_key())
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(ApiError::invalid("beats", "must be an array of instance keys")),
+        };
+        match state.driver.request(Request::HeartbeatBatch(keys)).await? {
+            Reply::Beats(replies) => replies,
+            other => return Err(unexpected(&other)),
+        }
+    } else {
+        let key = o.instance_key()?;
+        match state.driver.request(Request::Heartbeat(key)).await? {
+            Reply::Beat(reply) => vec![reply],
+            other => return Err(unexpected(&other)),
+        }
+    };
+    #[derive(Serialize)]
+    struct Beats {
+        unknown: Vec<usize>,
+        heartbeat_interval_ms: u64,
+    }
+    let mut interval: Option<Duration> = None;
+    let mut unknown = Vec::new();
+    for (i, r) in replies.iter().enumerate() {
+        match r {
+            BeatReply::Ok { heartbeat_interval } => {
+                interval = Some(interval.map_or(*heartbeat_interval, |d| d.min(*heartbeat_interval)));
+            }
+            BeatReply::Unknown => unknown.push(i),
+        }
+    }
+    let interval = interval.unwrap_or(state.settings.core.timings.heartbeat_interval);
+    Ok(json_response(StatusCode::OK, &Beats { unknown, heartbeat_interval_ms: millis(interval) }))
+}
+
+/// `PATCH /v1/instances`
+pub(super) async fn update(
+    state: &Arc<AppState>,
+    allowed: &[&str],
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let mut o = Obj::from_body(body, allowed)?;
+    let key = o.instance_key()?;
+    let upd = UpdateRequest {
+        weight: o.num("weight")?,
+        enabled: o.bool("enabled")?,
+        healthy: o.bool("healthy")?,
+        metadata: o.string_map("metadata")?,
+    };
+    let instance_id = key.instance_id();
+    match state.driver.request(Request::Update(key, upd)).await? {
+        Reply::Done => Ok(instance_id_response(instance_id)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `DELETE /v1/instances?service=&ip=&port=`
+pub(super) async fn deregister(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, ApiError> {
+    let key = q.instance_key()?;
+    let instance_id = key.instance_id();
+    match state.driver.request(Request::Deregister(key)).await? {
+        Reply::Done => Ok(instance_id_response(instance_id)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `GET /v1/instances?service=`, a long poll with `checksum` and `wait`.
+/// Served from the published snapshot, never through the driver.
+pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, ApiError> {
+    let key = q.service_key(None)?;
+    let mut clusters = Vec::new();
+    for c in q.get("clusters").unwrap_or_default().split(',').filter(|c| !c.is_empty()) {
+        clusters
+            .push(Name::parse(Field::Cluster, c).map_err(|e| ApiError::invalid("clusters", e.to_string()))?);
+    }
+    let selector = Selector { clusters, healthy_only: q.bool("healthy_only")?.unwrap_or(false) };
+    let checksum = q
+        .get("checksum")
+        .map(|c| {
+            Checksum::parse(c).ok_or_else(|| {
+                ApiError::invalid(
+                    "checksum",
+                    format!("must be 16 hex digits as returned by a query, got {c:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let wait = q.get("wait").map(|w| parse_duration("wait", w)).transpose()?;
+    match (checksum, wait) {
+        (Some(checksum), Some(wait)) => {
+            let wait = wait.min(state.settings.http.max_wait);
+            long_poll(state, key, selector, checksum, wait).await
+        }
+        (None, Some(_)) => Err(ApiError::invalid(
+            "wait",
+            "needs checksum: a watch returns when the content differs from the checksum the client holds",
+        )),
+        _ => Ok(answer_response(&state.snapshots.view(&key).select(&selector))),
+    }
+}
+
+/// Counts a waiting long poll; refuses past the configured limit.
+struct WatchGuard<'a>(&'a AppState);
+
+impl<'a> WatchGuard<'a> {
+    fn acquire(state: &'a AppState) -> Result<WatchGuard<'a>, ApiError> {
+        let max = state.settings.http.max_long_polls;
+        let before = state.metrics.watchers.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            state.metrics.watchers.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::too_many_watches(max));
+        }
+        Ok(WatchGuard(state))
+    }
+}
+
+impl Drop for WatchGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn long_poll(
+    state: &Arc<AppState>,
+    key: ServiceKey,
+    selector: Selector,
+    checksum: Checksum,
+    wait: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let _guard = WatchGuard::acquire(state)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut views = state.snapshots.subscribe(&key);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let view = Arc::clone(&views.borrow_and_update());
+        let answer = view.select(&selector);
+        if answer.checksum() != checksum || *shutdown.borrow_and_update() {
+            return Ok(answer_response(&answer));
+        }
+        tokio::select! {
+            changed = views.changed() => {
+                if changed.is_err() {
+                    return Ok(answer_response(&answer));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok(answer_response(&answer)),
+            _ = shutdown.changed() => return Ok(answer_response(&answer)),
+        }
+    }
+}
+
+fn answer_response(answer: &QueryAnswer) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        namespace: &'a str,
+        group: &'a str,
+        service: &'a str,
+        checksum: String,
+        protect_threshold_reached: bool,
+        known: bool,
+        instances: Vec<&'a InstanceView>,
+    }
+    let key = &answer.view().key;
+    let body = Answer {
+        namespace: key.namespace.as_str(),
+        group: key.group.as_str(),
+        service: key.service.as_str(),
+        checksum: answer.checksum().to_string(),
+        protect_threshold_reached: answer.protect_threshold_reached(),
+        known: answer.view().known,
+        instances: answer.instances().collect(),
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+fn instance_id_response(instance_id: String) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Id {
+        instance_id: String,
+    }
+    json_response(StatusCode::OK, &Id { instance_id })
+}
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A reply of the wrong kind: a bug between this crate and the core.
+pub(super) fn unexpected(reply: &Reply) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected core reply {reply:?}"))
+}

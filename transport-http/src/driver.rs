@@ -1,0 +1,390 @@
+//! The driver: one task owns the [`Node`] and feeds it the clock, client
+//! commands, peer messages and timeouts, then drains its outputs.
+//!
+//! Shaped like quinn's `drive_timer`: one timer, re-armed at
+//! [`Node::poll_timeout`]; expiry is judged by the clock, not by the timer
+//! having fired. Every input is followed by a full drain of
+//! [`Node::poll_transmit`] (into the per-peer queues) and [`Node::poll_event`];
+//! each turn of the loop takes at most [`BATCH_MAX`] inputs and
+//! [`TIMEOUTS_MAX`] timeout rounds, so neither clients, peers nor timers can
+//! starve the others.
+//!
+//! Views of changed services are published at the end of a turn, before the
+//! turn's answers are sent, so a client that reads after its write sees it.
+//! A view costs O(instances) to rebuild, so publication is held to half of
+//! the driver's time: after a round that took `P` (at most about
+//! [`PUBLISH_SLICE`]), the next starts no sooner than `P` later, and the
+//! changes meanwhile are coalesced. On an idle or moderately busy node `P` is
+//! microseconds and every turn publishes; on a saturated one reads may trail
+//! writes by a few milliseconds (services first changed first), and watches
+//! still see every change.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use muster_core::message::encode;
+use muster_core::{
+    Event, MemberView, Node, NodeId, NodeStats, PeerMessage, Reply, Request, RequestError, ServiceFilter,
+    ServiceKey, ServiceUpdate, Timestamp,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::peer::Peers;
+use crate::snapshot::{Dirty, Snapshots};
+
+/// Most inputs taken in one turn of the loop.
+const BATCH_MAX: usize = 256;
+/// Most `handle_timeout` calls in one turn of the loop.
+const TIMEOUTS_MAX: usize = 16;
+/// Longest publication round (plus one view): the rest waits for the next.
+const PUBLISH_SLICE: Duration = Duration::from_millis(2);
+
+/// What the node looks like now, for metrics and the cluster view.
+#[derive(Clone, Debug)]
+pub(crate) struct Status {
+    pub(crate) stats: NodeStats,
+    pub(crate) members: Vec<MemberView>,
+    pub(crate) now: Timestamp,
+    pub(crate) ready: bool,
+    pub(crate) brake_engaged: bool,
+}
+
+type Answer = oneshot::Sender<Result<Reply, RequestError>>;
+
+/// A client command for the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Any core request.
+    Request(Request, Answer),
+    /// Update a service's settings, creating the service if it does not exist.
+    PutService(ServiceKey, ServiceUpdate, Answer),
+    /// The node's status.
+    Status(oneshot::Sender<Status>),
+}
+
+/// A decoded message from a peer.
+#[derive(Debug)]
+pub(crate) struct PeerInput {
+    pub(crate) from: NodeId,
+    pub(crate) msg: PeerMessage,
+}
+
+/// The handlers' end of the driver's channels.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+    peer: mpsc::Sender<PeerInput>,
+}
+
+impl DriverHandle {
+    fn send(&self, cmd: Command) -> Result<(), ApiError> {
+        self.commands.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::overloaded(),
+            mpsc::error::TrySendError::Closed(_) => ApiError::shutting_down(),
+        })
+    }
+
+    /// Runs a core request.
+    pub(crate) async fn request(&self, req: Request) -> Result<Reply, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Request(req, tx))?;
+        rx.await.map_err(|_| ApiError::shutting_down())?.map_err(ApiError::from)
+    }
+
+    /// Updates or creates a service.
+    pub(crate) async fn put_service(&self, key: ServiceKey, upd: ServiceUpdate) -> Result<Reply, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::PutService(key, upd, tx))?;
+        rx.await.map_err(|_| ApiError::shutting_down())?.map_err(ApiError::from)
+    }
+
+    /// The node's status.
+    pub(crate) async fn status(&self) -> Result<Status, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx))?;
+        rx.await.map_err(|_| ApiError::shutting_down())
+    }
+
+    /// Hands a peer message to the driver without waiting for it.
+    pub(crate) fn peer_message(&self, input: PeerInput) -> Result<(), ApiError> {
+        self.peer.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::overloaded(),
+            mpsc::error::TrySendError::Closed(_) => ApiError::shutting_down(),
+        })
+    }
+}
+
+/// The task that owns the node.
+pub(crate) struct Driver {
+    node: Node,
+    clock: Clock,
+    commands: mpsc::Receiver<Command>,
+    peer: mpsc::Receiver<PeerInput>,
+    peers: Arc<Peers>,
+    snapshots: Arc<Snapshots>,
+    metrics: Arc<Metrics>,
+    /// Services whose views changed since the last publication.
+    dirty: Dirty,
+    /// The node became ready; published after the views.
+    became_ready: bool,
+    /// `NodeStats::events_dropped` at the last drain.
+    events_dropped: u64,
+    /// The earliest start of the next publication round.
+    publish_at: Instant,
+    /// Answers held until the turn's views are published, so that a client
+    /// reads its own write from the snapshot (unless publication is behind).
+    replies: Vec<(Answer, Result<Reply, RequestError>)>,
+}
+
+impl Driver {
+    /// A driver and the handle the handlers talk to it through.
+    pub(crate) fn new(
+        node: Node,
+        clock: Clock,
+        queue: usize,
+        peers: Arc<Peers>,
+        snapshots: Arc<Snapshots>,
+        metrics: Arc<Metrics>,
+    ) -> (Driver, DriverHandle) {
+        let (ctx, crx) = mpsc::channel(queue);
+        let (ptx, prx) = mpsc::channel(queue);
+        let driver = Driver {
+            node,
+            clock,
+            commands: crx,
+            peer: prx,
+            peers,
+            snapshots,
+            metrics,
+            dirty: Dirty::default(),
+            became_ready: false,
+            events_dropped: 0,
+            publish_at: Instant::now(),
+            replies: Vec::new(),
+        };
+        (driver, DriverHandle { commands: ctx, peer: ptx })
+    }
+
+    /// Runs until `stop` turns true, then flushes pending sync to the peer
+    /// queues.
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.drain();
+        self.publish(false);
+        let sleep = tokio::time::sleep_until(self.next_wake());
+        tokio::pin!(sleep);
+        loop {
+            self.run_timers();
+            self.publish(false);
+            sleep.as_mut().reset(self.next_wake());
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = &mut sleep => {}
+                Some(input) = self.peer.recv() => self.on_peer(input),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                else => break,
+            }
+            self.take_batch();
+        }
+        // Graceful shutdown: the server has answered its in-flight requests.
+        // Answer whatever is still queued, then send every pending change now.
+        self.take_batch();
+        let now = self.clock.now();
+        self.node.flush(now);
+        self.drain();
+        self.publish(true);
+        tracing::info!(node = %self.node.id(), "driver stopped; pending sync flushed");
+    }
+
+    /// The next core timeout, or the next publication round if one waits.
+    fn next_wake(&self) -> Instant {
+        let timeout = self.clock.instant_at(self.node.poll_timeout().map_or(Timestamp::MAX, |(t, _)| t));
+        if self.dirty.is_empty() { timeout } else { timeout.min(self.publish_at) }
+    }
+
+    /// Handles every due timeout by the clock, a bounded number of rounds.
+    fn run_timers(&mut self) {
+        for _ in 0..TIMEOUTS_MAX {
+            let now = self.clock.now();
+            match self.node.poll_timeout() {
+                Some((t, _)) if t <= now => {
+                    self.node.handle_timeout(now);
+                    self.drain();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Takes queued inputs without waiting, alternating peers and clients.
+    fn take_batch(&mut self) {
+        for _ in 0..BATCH_MAX {
+            let mut took = false;
+            if let Ok(input) = self.peer.try_recv() {
+                self.on_peer(input);
+                took = true;
+            }
+            if let Ok(cmd) = self.commands.try_recv() {
+                self.on_command(cmd);
+                took = true;
+            }
+            if !took {
+                return;
+            }
+        }
+    }
+
+    fn on_peer(&mut self, input: PeerInput) {
+        let now = self.clock.now();
+        self.metrics.count_message_in(&input.msg);
+        let kind = input.msg.kind();
+        if let Err(e) = self.node.handle_message(now, &input.from, input.msg) {
+            self.metrics.peer_messages_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %input.from, kind, error = %e, "peer message refused");
+        }
+        self.drain();
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Request(req, tx) => {
+                let result = self.node.handle_request(now, req);
+                self.drain();
+                self.replies.push((tx, result));
+            }
+            Command::PutService(key, upd, tx) => {
+                let result =
+                    match self.node.handle_request(now, Request::UpdateService(key.clone(), upd.clone())) {
+                        Err(RequestError::ServiceNotFound(_)) => {
+                            self.node.handle_request(now, Request::CreateService(key, upd))
+                        }
+                        other => other,
+                    };
+                self.drain();
+                self.replies.push((tx, result));
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(Status {
+                    stats: self.node.stats(),
+                    members: self.node.members(),
+                    now,
+                    ready: self.node.is_ready(),
+                    brake_engaged: self.node.brake_engaged(),
+                });
+            }
+        }
+    }
+
+    /// Drains the node's outputs: messages to the peer queues, events to
+    /// watchers, readiness, logs and metrics.
+    fn drain(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            self.metrics.count_message_out(&t.msg);
+            let frame = encode(self.node.id(), &t.msg);
+            self.peers.send(&t.to, frame);
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.on_event(event);
+        }
+        let dropped = self.node.stats().events_dropped;
+        if dropped > self.events_dropped {
+            self.events_dropped = dropped;
+            self.republish_all();
+        }
+    }
+
+    /// Marks every service changed: the event queue overflowed, so some
+    /// `ServiceChanged` events were lost and published views may be stale.
+    fn republish_all(&mut self) {
+        tracing::warn!("core events were dropped; republishing every service view");
+        self.dirty.extend(self.snapshots.keys());
+        let page_size = self.node.config().limits.max_page_size;
+        for ns in self.node.namespaces() {
+            for page in 1.. {
+                let filter = ServiceFilter {
+                    namespace: ns.namespace.clone(),
+                    group: None,
+                    search: None,
+                    page,
+                    page_size,
+                };
+                let Ok(listing) = self.node.list_services(&filter) else { break };
+                let last = listing.services.len() < page_size;
+                self.dirty.extend(listing.services.into_iter().map(|s| s.key));
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ServiceChanged(key) => {
+                self.dirty.insert(key);
+            }
+            Event::PeerStateChanged(t) => {
+                tracing::info!(peer = %t.peer, from = %t.from, to = %t.to, "peer state changed");
+            }
+            Event::Ready { loaded_from } => {
+                self.became_ready = true;
+                match loaded_from {
+                    Some(peer) => tracing::info!(%peer, "registry loaded; node is ready"),
+                    None => tracing::info!("node is ready (no peer had a registry to load)"),
+                }
+            }
+            Event::BrakeEngaged { held } => {
+                self.metrics.brake_engagements.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    held,
+                    "expiry brake engaged: silent instances are marked unhealthy, not removed"
+                );
+            }
+            Event::BrakeReleased => tracing::info!("expiry brake released"),
+            Event::PauseDetected { gap } => {
+                tracing::warn!(
+                    gap_ms = gap.as_millis() as u64,
+                    "clock pause detected; instances and peers get a fresh grace period"
+                );
+            }
+            Event::SyncQueueOverflow { dropped } => {
+                tracing::warn!(dropped, "sync queue overflowed; anti-entropy will repair the difference");
+            }
+            other => tracing::debug!(event = ?other, "core event"),
+        }
+    }
+
+    /// Publishes the views of changed services (unless the last round was
+    /// too recent, see the module doc; always when `force`), then readiness,
+    /// then sends the turn's answers.
+    fn publish(&mut self, force: bool) {
+        // Readiness waits for every view loaded so far.
+        let force = force || self.became_ready;
+        let start = Instant::now();
+        if !self.dirty.is_empty() && (force || start >= self.publish_at) {
+            let mut views = Vec::new();
+            while let Some(key) = self.dirty.pop() {
+                views.push(self.node.service_view(&key));
+                if !force && start.elapsed() >= PUBLISH_SLICE {
+                    break;
+                }
+            }
+            self.snapshots.publish(views);
+            let end = Instant::now();
+            self.publish_at = end + end.duration_since(start);
+        }
+        if self.became_ready {
+            self.became_ready = false;
+            self.snapshots.set_ready(self.node.is_ready());
+        }
+        for (tx, result) in self.replies.drain(..) {
+            let _ = tx.send(result);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The Filter: what every request goes through before and after its handler.
+//!
+//! One access-log line per request (target `muster::access`: method, path,
+//! status, duration, request id, peer address); `x-request-id` echoed or
+//! made; the access rule of the route (bearer tokens, cluster secret); the
+//! body size limit (413). Long polls are limited in their handler.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::api::{self, Access, AppState, Matched};
+use crate::error::{ApiError, Body};
+
+/// The request-id header.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+/// Longest request id taken from a client.
+const REQUEST_ID_MAX: usize = 128;
+
+/// Serves one request through the Filter.
+pub(crate) async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (route, mut resp) = match api::find(&method, &path) {
+        Err(e) => (None, e.response()),
+        Ok(m) => {
+            let resp = match serve(&state, &m, req).await {
+                Ok(resp) => resp,
+                Err(e) => e.response(),
+            };
+            (Some(m.index), resp)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = resp.status().as_u16();
+    state.metrics.count_request(route, status);
+    tracing::info!(
+        target: "muster::access",
+        method = %method,
+        path = %path,
+        status,
+        duration_ms = %format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+        request_id = %request_id,
+        peer = %peer,
+    );
+    Ok(resp)
+}
+
+async fn serve(
+    state: &Arc<AppState>,
+    m: &Matched,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, m.route.access, req.headers())?;
+    let query = req.uri().query().map(str::to_owned);
+    let takes_body = m.route.access == Access::Peer || !m.route.body.is_empty();
+    let body = if takes_body {
+        let http = &state.settings.http;
+        let limit =
+            if m.route.access == Access::Peer { http.max_peer_body_bytes } else { http.max_body_bytes };
+        read_body(req, limit).await?
+    } else {
+        Bytes::new()
+    };
+    api::dispatch(state, m, query.as_deref(), body).await
+}
+
+/// Reads a body of at most `limit` bytes; 413 past it.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(e) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("could not read the body: {e}")))
+        }
+    }
+}
+
+/// Checks the route's access rule against the `authorization` header.
+fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers);
+    let s = &state.settings;
+    let holds = |secret: &Option<crate::config::Secret>| match (secret, token) {
+        (Some(secret), Some(token)) => secret.matches(token),
+        _ => false,
+    };
+    match access {
+        Access::Open => Ok(()),
+        Access::Read if s.read_token.is_none() || holds(&s.read_token) || holds(&s.write_token) => Ok(()),
+        Access::Read => {
+            Err(ApiError::unauthorized("reads need the read token: Authorization: Bearer <token>"))
+        }
+        Access::Write if s.write_token.is_none() || holds(&s.write_token) => Ok(()),
+        Access::Write => {
+            Err(ApiError::unauthorized("writes need the write token: Authorization: Bearer <token>"))
+        }
+        Access::Peer if s.cluster_secret.is_none() => {
+            Err(ApiError::unauthorized("this node has no cluster secret; its peer API is closed"))
+        }
+        Access::Peer if holds(&s.cluster_secret) => Ok(()),
+        Access::Peer => Err(ApiError::unauthorized(
+            "the peer API needs the cluster secret: Authorization: Bearer <secret>",
+        )),
+    }
+}
+
+/// The bearer token of the `authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
+/// The client's request id if it is usable, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(id) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !id.is_empty() && id.len() <= REQUEST_ID_MAX && id.bytes().all(|b| b.is_ascii_graphic()) {
+            return id.to_owned();
+        }
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    });
+    format!("{prefix:08x}-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_taken_case_insensitively_by_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bear"));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn client_request_ids_are_echoed_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = request_id(&h);
+        assert_ne!(made, "has space");
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,43 @@
+//! `muster`: the Muster service registry node.
+//!
+//! `muster serve` starts a node; `muster serve --help` lists every setting.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use muster_transport_http::config::{Cli, Command, ServeArgs};
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match args.with_file().and_then(ServeArgs::into_settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("muster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = muster_transport_http::init_logging(&settings) {
+        eprintln!("muster: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("muster: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(muster_transport_http::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node failed");
+            eprintln!("muster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Counters of the HTTP side and the Prometheus text rendering of all
+//! metrics (these counters plus the core's [`muster_core::NodeStats`]).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use muster_core::{PeerMessage, PeerState};
+
+use crate::api::ROUTES;
+use crate::driver::Status;
+
+/// Statuses counted by their own label; others count as `other`.
+const STATUSES: [u16; 12] = [200, 204, 400, 401, 404, 405, 409, 413, 429, 500, 503, 0];
+/// Peer message kinds, as [`PeerMessage::kind`] names them.
+const KINDS: [&str; 9] = [
+    "ping",
+    "ack",
+    "delta",
+    "beats",
+    "digest_root",
+    "digest_buckets",
+    "bucket_records",
+    "snapshot_request",
+    "snapshot",
+];
+
+/// Label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// Counters updated by handlers, the driver and the peer senders.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    /// Per route (plus one for unmatched paths), per status.
+    requests: Vec<[AtomicU64; STATUSES.len()]>,
+    messages_in: [AtomicU64; KINDS.len()],
+    messages_out: [AtomicU64; KINDS.len()],
+    pub(crate) sync_bytes_in: AtomicU64,
+    pub(crate) sync_bytes_out: AtomicU64,
+    /// Peer requests that failed (connect, timeout, non-2xx).
+    pub(crate) peer_send_failures: AtomicU64,
+    /// Frames dropped: queue full, or retries exhausted.
+    pub(crate) peer_frames_dropped: AtomicU64,
+    /// Peer requests refused at the HTTP layer (secret, framing, decoding).
+    pub(crate) peer_requests_refused: AtomicU64,
+    /// Peer messages the core refused.
+    pub(crate) peer_messages_refused: AtomicU64,
+    /// Long polls waiting now.
+    pub(crate) watchers: AtomicUsize,
+    /// Times the expiry brake engaged.
+    pub(crate) brake_engagements: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: (0..=ROUTES.len()).map(|_| Default::default()).collect(),
+            messages_in: Default::default(),
+            messages_out: Default::default(),
+            sync_bytes_in: AtomicU64::new(0),
+            sync_bytes_out: AtomicU64::new(0),
+            peer_send_failures: AtomicU64::new(0),
+            peer_frames_dropped: AtomicU64::new(0),
+            peer_requests_refused: AtomicU64::new(0),
+            peer_messages_refused: AtomicU64::new(0),
+            watchers: AtomicUsize::new(0),
+            brake_engagements: AtomicU64::new(0),
+        }
+    }
+}
+
+fn kind_index(msg: &PeerMessage) -> usize {
+    let kind = msg.kind();
+    KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+impl Metrics {
+    /// Counts a request; `route` indexes [`ROUTES`], `None` for unmatched.
+    pub(crate) fn count_request(&self, route: Option<usize>, status: u16) {
+        let row = route.unwrap_or(ROUTES.len());
+        let col = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1);
+        if let Some(c) = self.requests.get(row).and_then(|r| r.get(col)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn count_message_in(&self, msg: &PeerMessage) {
+        if let Some(c) = self.messages_in.get(kind_index(msg)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn count_message_out(&self, msg: &PeerMessage) {
+        if let Some(c) = self.messages_out.get(kind_index(msg)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text exposition of everything.
+    pub(crate) fn render(&self, status: &Status, peer_queues: &[(String, usize)]) -> String {
+        let mut out = String::with_capacity(8192);
+        let r = &status.stats.registry;
+        let s = &status.stats;
+        gauge(
+            &mut out,
+            "muster_ready",
+            "Whether the node has loaded the registry (1) or not (0).",
+            u64::from(status.ready),
+        );
+        gauge(&mut out, "muster_instances", "Live instances.", r.instances as u64);
+        gauge(
+            &mut out,
+            "muster_healthy_instances",
+            "Live instances that are healthy.",
+            r.healthy_instances as u64,
+        );
+        gauge(
+            &mut out,
+            "muster_ephemeral_instances",
+            "Live ephemeral instances.",
+            r.ephemeral_instances as u64,
+        );
+        gauge(&mut out, "muster_tombstones", "Instance tombstones kept.", r.tombstones as u64);
+        gauge(&mut out, "muster_services", "Services visible to clients.", r.services as u64);
+        self.render_requests(&mut out);
+        counter(
+            &mut out,
+            "muster_heartbeats_total",
+            "Heartbeats accepted (direct and forwarded).",
+            r.heartbeats,
+        );
+        counter(
+            &mut out,
+            "muster_unknown_heartbeats_total",
+            "Heartbeats for unknown instances.",
+            r.unknown_heartbeats,
+        );
+        counter(
+            &mut out,
+            "muster_heartbeats_forwarded_total",
+            "Heartbeats forwarded to responsible peers.",
+            s.beats_forwarded,
+        );
+        counter(
+            &mut out,
+            "muster_instances_marked_unhealthy_total",
+            "Instances marked unhealthy for silence.",
+            r.marked_unhealthy,
+        );
+        counter(&mut out, "muster_instances_expired_total", "Instances removed for silence.", r.expired);
+        counter(
+            &mut out,
+            "muster_expiries_braked_total",
+            "Removals held back by the expiry brake.",
+            r.braked,
+        );
+        counter(
+            &mut out,
+            "muster_expiries_refuted_total",
+            "Expiries of other nodes refuted by this node.",
+            r.refuted,
+        );
+        gauge(
+            &mut out,
+            "muster_brake_engaged",
+            "Whether the expiry brake is engaged.",
+            u64::from(status.brake_engaged),
+        );
+        counter(
+            &mut out,
+            "muster_brake_engagements_total",
+            "Times the expiry brake engaged.",
+            self.brake_engagements.load(Ordering::Relaxed),
+        );
+        self.render_sync(&mut out, status);
+        render_peers(&mut out, status, peer_queues);
+        counter(
+            &mut out,
+            "muster_peer_send_failures_total",
+            "Failed requests to peers.",
+            self.peer_send_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_peer_frames_dropped_total",
+            "Peer frames dropped (queue full or retries exhausted).",
+            self.peer_frames_dropped.load(Ordering::Relaxed) + s.transmits_dropped,
+        );
+        counter(
+            &mut out,
+            "muster_peer_requests_refused_total",
+            "Peer requests refused (secret, framing, decoding).",
+            self.peer_requests_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_peer_messages_refused_total",
+            "Peer messages refused by the core.",
+            self.peer_messages_refused.load(Ordering::Relaxed) + s.messages_refused,
+        );
+        gauge(
+            &mut out,
+            "muster_watchers",
+            "Long polls waiting.",
+            self.watchers.load(Ordering::Relaxed) as u64,
+        );
+        counter(&mut out, "muster_pauses_total", "Pauses of the node's own clock detected.", s.pauses);
+        counter(
+            &mut out,
+            "muster_events_dropped_total",
+            "Core events dropped because their queue was full.",
+            s.events_dropped,
+        );
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        header(out, "muster_http_requests_total", "HTTP requests by route and status.", "counter");
+        for (row, counts) in self.requests.iter().enumerate() {
+            let route = ROUTES.get(row).map_or(UNMATCHED, |r| r.name);
+            for (col, c) in counts.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let status = match STATUSES.get(col) {
+                    Some(0) | None => "other".to_owned(),
+                    Some(s) => s.to_string(),
+                };
+                let _ =
+                    writeln!(out, "muster_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+        }
+    }
+
+    fn render_sync(&self, out: &mut String, status: &Status) {
+        let s = &status.stats;
+        header(out, "muster_sync_messages_total", "Peer messages by direction and kind.", "counter");
+        for (dir, counts) in [("in", &self.messages_in), ("out", &self.messages_out)] {
+            for (kind, c) in KINDS.iter().zip(counts.iter()) {
+                let _ = writeln!(
+                    out,
+                    "muster_sync_messages_total{{direction=\"{dir}\",kind=\"{kind}\"}} {}",
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(out, "muster_sync_bytes_total", "Peer frame bytes by direction.", "counter");
+        let _ = writeln!(
+            out,
+            "muster_sync_bytes_total{{direction=\"in\"}} {}",
+            self.sync_bytes_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "muster_sync_bytes_total{{direction=\"out\"}} {}",
+            self.sync_bytes_out.load(Ordering::Relaxed)
+        );
+        gauge(
+            out,
+            "muster_sync_pending_changes",
+            "Local changes waiting to be sent to peers.",
+            s.pending_changes as u64,
+        );
+        counter(
+            out,
+            "muster_sync_changes_dropped_total",
+            "Local changes dropped on sync queue overflow.",
+            s.changes_dropped,
+        );
+        counter(out, "muster_sync_records_out_total", "Records sent in deltas.", s.delta_records_out);
+        counter(
+            out,
+            "muster_sync_records_merged_total",
+            "Records from peers that changed the store.",
+            s.registry.merged,
+        );
+        counter(
+            out,
+            "muster_sync_records_stale_total",
+            "Records from peers older than the local ones.",
+            s.registry.stale,
+        );
+        counter(
+            out,
+            "muster_sync_records_rejected_total",
+            "Records from peers refused.",
+            s.registry.rejected,
+        );
+        counter(
+            out,
+            "muster_anti_entropy_rounds_total",
+            "Anti-entropy rounds started.",
+            s.anti_entropy_rounds,
+        );
+        counter(
+            out,
+            "muster_anti_entropy_repairs_total",
+            "Anti-entropy exchanges that found differences.",
+            s.anti_entropy_repairs,
+        );
+    }
+}
+
+fn render_peers(out: &mut String, status: &Status, peer_queues: &[(String, usize)]) {
+    header(out, "muster_peers", "Peers by state.", "gauge");
+    for state in [PeerState::Up, PeerState::Suspect, PeerState::Down] {
+        let n = status.members.iter().filter(|m| !m.is_self && m.state == state).count();
+        let _ = writeln!(out, "muster_peers{{state=\"{state}\"}} {n}");
+    }
+    header(out, "muster_peer_last_heard_seconds", "Seconds since each peer was last heard from.", "gauge");
+    for m in status.members.iter().filter(|m| !m.is_self) {
+        if let Some(t) = m.last_heard {
+            let age = status.now.saturating_since(t).as_secs_f64();
+            let _ = writeln!(out, "muster_peer_last_heard_seconds{{peer=\"{}\"}} {age:.3}", m.id);
+        }
+    }
+    header(out, "muster_peer_queue_frames", "Frames waiting to be sent, per peer.", "gauge");
+    for (peer, n) in peer_queues {
+        let _ = writeln!(out, "muster_peer_queue_frames{{peer=\"{peer}\"}} {n}");
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_core::{MemberView, NodeId, NodeStats, Timestamp};
+
+    use super::*;
+
+    #[test]
+    fn the_exposition_holds_requests_and_peer_states() {
+        let m = Metrics::default();
+        m.count_request(Some(0), 200);
+        m.count_request(None, 404);
+        m.count_request(Some(1), 418);
+        let me = NodeId::parse("a:1").unwrap();
+        let status = Status {
+            stats: NodeStats::default(),
+            members: vec![MemberView {
+                id: me,
+                state: PeerState::Up,
+                is_self: true,
+                last_heard: None,
+                since: Timestamp::ZERO,
+            }],
+            now: Timestamp::ZERO,
+            ready: true,
+            brake_engaged: false,
+        };
+        let text = m.render(&status, &[("b:1".to_owned(), 3)]);
+        let first = ROUTES[0].name;
+        assert!(text.contains(&format!("muster_http_requests_total{{route=\"{first}\",status=\"200\"}} 1")));
+        assert!(text.contains("muster_http_requests_total{route=\"unmatched\",status=\"404\"} 1"));
+        assert!(text.contains("status=\"other\"} 1"));
+        assert!(text.contains("muster_peers{state=\"down\"} 0"));
+        assert!(text.contains("muster_peer_queue_frames{peer=\"b:1\"} 3"));
+        assert!(text.contains("muster_ready 1"));
+    }
+}

@@ -1,0 +1,256 @@
+//! Test support: `muster` processes on 127.0.0.1 and a tiny HTTP client.
+//!
+//! Every wait is bounded in time; every child is killed when dropped.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Timings small enough for a fast suite.
+pub const FAST: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "1000",
+    "--unhealthy-after-ms",
+    "3000",
+    "--remove-after-ms",
+    "6000",
+    "--ping-interval-ms",
+    "200",
+    "--suspect-after-ms",
+    "600",
+    "--down-after-ms",
+    "1200",
+    "--anti-entropy-interval-ms",
+    "1000",
+    "--startup-timeout-ms",
+    "5000",
+    "--snapshot-retry-ms",
+    "1000",
+    "--tombstone-ttl-ms",
+    "60000",
+    "--shutdown-timeout-ms",
+    "5000",
+];
+
+/// `n` distinct free ports on 127.0.0.1 (held together while chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A directory for this test run's files.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a cluster secret file.
+pub fn secret_file(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("muster.secret");
+    std::fs::write(&path, "test-cluster-secret-0123456789abcdef\n").unwrap();
+    path
+}
+
+/// One `muster serve` process.
+pub struct Node {
+    pub addr: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `muster serve --listen 127.0.0.1:port` plus `args`.
+    pub fn start(port: u16, args: &[String], dir: &std::path::Path) -> Node {
+        let addr = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("node-{port}.log"));
+        let mut node = Node { addr, args: args.to_vec(), log, child: None };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_muster"))
+            .arg("serve")
+            .args(["--listen", &self.addr])
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Waits until the node answers `/health/ready` with 200.
+    pub fn wait_ready(&self, within: Duration) {
+        wait_until(within, &format!("{} ready", self.addr), || {
+            try_request(&self.addr, "GET", "/health/ready", &[], None, Duration::from_secs(1))
+                .is_ok_and(|r| r.status == 200)
+        });
+    }
+
+    pub fn req(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        request(&self.addr, method, path, &[], body.map(str::as_bytes))
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, None)
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again with the same address and flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit within {within:?} of SIGTERM; log {}", self.addr, self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request on a fresh connection; panics on transport errors.
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    try_request(addr, method, path, headers, body, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// One request on a fresh connection, reading for at most `timeout`.
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let sock: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+}
+
+fn parse_response(raw: &[u8]) -> Option<Resp> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(Resp { status, headers, body: raw[split + 4..].to_vec() })
+}
+
+/// Polls `f` every 20 ms until it holds; panics after `within`.
+pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET /v1/instances?service=...` on `node`: its JSON.
+pub fn instances(node: &Node, service: &str) -> Value {
+    let r = node.get(&format!("/v1/instances?service={service}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Number of instances of `service` on `node`.
+pub fn count(node: &Node, service: &str) -> usize {
+    instances(node, service)["instances"].as_array().map_or(0, Vec::len)
+}
+
+/// A registration body.
+pub fn instance(service: &str, ip: &str, port: u16) -> String {
+    format!(r#"{{"service":"{service}","ip":"{ip}","port":{port}}}"#)
+}
