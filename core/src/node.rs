@@ -122,6 +122,8 @@ struct Loading {
     at: usize,
     cursor: u64,
     asked_at: Timestamp,
+    /// Peers asked so far: a late answer from any of them is taken.
+    asked: BTreeSet<NodeId>,
     not_ready: BTreeSet<NodeId>,
     give_up_at: Timestamp,
 }
@@ -213,8 +215,15 @@ impl Node {
             order.swap(i, j);
         }
         let give_up_at = now + self.config.timings.startup_timeout;
-        self.loading =
-            Some(Loading { order, at: 0, cursor: 0, asked_at: now, not_ready: BTreeSet::new(), give_up_at });
+        self.loading = Some(Loading {
+            order,
+            at: 0,
+            cursor: 0,
+            asked_at: now,
+            asked: BTreeSet::new(),
+            not_ready: BTreeSet::new(),
+            give_up_at,
+        });
         self.ask_snapshot(now, 0);
     }
 
@@ -324,6 +333,7 @@ impl Node {
             Request::GetService(k) => Reply::Service(self.service(&k)?),
             Request::CreateService(k, u) => Reply::Service(self.create_service(now, &k, u)?),
             Request::UpdateService(k, u) => Reply::Service(self.update_service(now, &k, u)?),
+            Request::PutService(k, u) => Reply::Service(self.put_service(now, &k, u)?),
             Request::DeleteService(k) => self.delete_service(now, &k).map(|()| Reply::Done)?,
             Request::Namespaces => Reply::Namespaces(self.namespaces()),
         })
@@ -475,6 +485,27 @@ impl Node {
         result
     }
 
+    /// Creates a service with explicit settings, or updates it if it exists
+    /// (PUT semantics).
+    pub fn put_service(
+        &mut self,
+        now: Timestamp,
+        key: &ServiceKey,
+        upd: ServiceUpdate,
+    ) -> Result<ServiceSummary, RequestError> {
+        let now = self.clock.observe(now);
+        self.writable()?;
+        let result = self.registry.put_service(now, key, upd);
+        self.after_change(now);
+        result
+    }
+
+    /// Every service the node holds any record of (live instances,
+    /// tombstones or explicit settings), for republishing views.
+    pub fn service_keys(&self) -> Vec<ServiceKey> {
+        self.registry.service_keys()
+    }
+
     /// Deletes a service; refuses while it has instances.
     pub fn delete_service(&mut self, now: Timestamp, key: &ServiceKey) -> Result<(), RequestError> {
         let now = self.clock.observe(now);
@@ -617,24 +648,24 @@ impl Node {
 
     fn snapshot_page(&mut self, now: Timestamp, from: &NodeId, next: Option<u64>, ready: bool) {
         let Some(l) = self.loading.as_mut() else { return };
-        if l.order.get(l.at) != Some(from) {
+        // Any peer asked during this startup may answer, even late: its
+        // records are merged already, and paging continues where it says.
+        let Some(at) = l.order.iter().position(|p| p == from).filter(|_| l.asked.contains(from)) else {
             return;
-        }
+        };
         if !ready {
             l.not_ready.insert(from.clone());
             if l.not_ready.len() >= l.order.len() {
                 // Every peer is starting too: a cold start of the whole cluster.
                 self.become_ready(None);
-            } else {
+            } else if at == l.at {
                 self.next_snapshot_peer(now);
             }
             return;
         }
+        l.at = at;
         match next {
-            Some(cursor) => {
-                l.cursor = cursor;
-                self.ask_snapshot(now, cursor);
-            }
+            Some(cursor) => self.ask_snapshot(now, cursor),
             None => self.become_ready(Some(from.clone())),
         }
     }
@@ -644,6 +675,7 @@ impl Node {
         l.asked_at = now;
         l.cursor = cursor;
         if let Some(peer) = l.order.get(l.at).cloned() {
+            l.asked.insert(peer.clone());
             self.transmit(peer, PeerMessage::SnapshotRequest { cursor });
         }
     }

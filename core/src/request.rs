@@ -84,6 +84,8 @@ pub enum Request {
     CreateService(ServiceKey, ServiceUpdate),
     /// See [`crate::Node::update_service`].
     UpdateService(ServiceKey, ServiceUpdate),
+    /// See [`crate::Node::put_service`].
+    PutService(ServiceKey, ServiceUpdate),
     /// See [`crate::Node::delete_service`].
     DeleteService(ServiceKey),
     /// See [`crate::Node::namespaces`].
@@ -130,7 +132,8 @@ pub enum Reply {
     Answer(QueryAnswer),
     /// To [`Request::ListServices`].
     Services(ServicePage),
-    /// To [`Request::GetService`], [`Request::CreateService`] and [`Request::UpdateService`].
+    /// To [`Request::GetService`], [`Request::CreateService`], [`Request::UpdateService`] and
+    /// [`Request::PutService`].
     Service(ServiceSummary),
     /// To [`Request::Namespaces`].
     Namespaces(Vec<NamespaceSummary>),

@@ -821,3 +821,54 @@ fn records_from_the_far_future_are_refused() {
 }
 
 use crate::record::Version;
+
+#[test]
+fn a_late_snapshot_from_a_peer_asked_earlier_is_taken() {
+    let mut nodes = cluster(3);
+    run_cluster(&mut nodes, at(10), &no_drop);
+    register(&mut nodes[1], at(10), &key("orders", "10.0.0.1", 1));
+    register(&mut nodes[2], at(10), &key("orders", "10.0.0.2", 1));
+    run_cluster(&mut nodes, at(20), &no_drop);
+    let c = nodes[0].config().clone();
+    let mut fresh = Node::new(c, at(20)).unwrap();
+    let first = fresh.poll_transmit().unwrap();
+    assert!(matches!(first.msg, PeerMessage::SnapshotRequest { cursor: 0 }));
+    // Nobody answers within the retry: the next peer is asked.
+    fresh.handle_timeout(at(20) + Duration::from_secs(1));
+    let second: Vec<Transmit> = std::iter::from_fn(|| fresh.poll_transmit())
+        .filter(|t| matches!(t.msg, PeerMessage::SnapshotRequest { .. }))
+        .collect();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].to, first.to);
+    // Then the first peer's answer arrives, late.
+    let late = nodes.iter_mut().find(|n| *n.id() == first.to).unwrap();
+    let peer_id = late.id().clone();
+    late.handle_message(at(1_500), &id("n1:1"), first.msg).unwrap();
+    let page = std::iter::from_fn(|| late.poll_transmit()).find(|t| t.to == id("n1:1")).unwrap();
+    fresh.handle_message(at(21_500), &peer_id, page.msg).unwrap();
+    assert!(fresh.is_ready());
+    assert_eq!(all(&mut fresh, at(21_500), "orders").len(), 2);
+}
+
+#[test]
+fn put_service_creates_then_updates() {
+    let mut n = single();
+    let s = svc("orders");
+    let upd = |t: f64| ServiceUpdate { protect_threshold: Some(t), metadata: None };
+    assert_eq!(n.put_service(at(0), &s, upd(0.2)).unwrap().protect_threshold, 0.2);
+    assert_eq!(n.put_service(at(1), &s, upd(0.4)).unwrap().protect_threshold, 0.4);
+    assert_eq!(n.service_keys(), vec![s]);
+}
+
+#[test]
+fn purging_a_services_last_tombstone_tells_watchers_it_is_forgotten() {
+    let mut n = single();
+    let k = key("orders", "10.0.0.1", 1);
+    register(&mut n, at(0), &k);
+    n.deregister(at(1), &k).unwrap();
+    drain_events(&mut n);
+    run_until(&mut n, secs(700));
+    assert!(drain_events(&mut n).contains(&Event::ServiceChanged(svc("orders"))));
+    assert!(!all(&mut n, secs(700), "orders").view().known);
+    assert!(n.service_keys().is_empty());
+}

@@ -264,6 +264,11 @@ impl Registry {
         self.changed_services.pop_first()
     }
 
+    /// Every service the node holds any record of.
+    pub(crate) fn service_keys(&self) -> Vec<ServiceKey> {
+        self.services.iter().map(|(_, s)| s.key.clone()).collect()
+    }
+
     // ---- configuration from the node -----------------------------------
 
     /// Who is responsible for what changed (membership change).
@@ -509,9 +514,9 @@ impl Registry {
                 }
             }
         }
-        if f.live {
-            self.service_changed(service);
-        }
+        // Even a tombstone's purge changes what the node knows of the
+        // service (`ServiceView::known`), so watchers hear of it.
+        self.service_changed(service);
         self.drop_service_if_empty(service);
     }
 

@@ -57,6 +57,7 @@ impl Registry {
         let key_hash = service_record_hash(&s.key);
         self.digest.toggle(key_hash, digest_hash(key_hash, &old.version, service_state_hash(&old.state)));
         self.stats.purged += 1;
+        self.service_changed(index);
         self.drop_service_if_empty(index);
     }
 
@@ -139,6 +140,18 @@ impl Registry {
             self.set_service_record(index, version, ServiceState::Live(meta), now, true);
         }
         self.service(key)
+    }
+
+    /// Creates the service if clients cannot see it, else updates it.
+    pub(crate) fn put_service(
+        &mut self,
+        now: Timestamp,
+        key: &ServiceKey,
+        upd: ServiceUpdate,
+    ) -> Result<ServiceSummary, RequestError> {
+        let visible =
+            self.find_service(key).and_then(|i| self.services.get(i)).is_some_and(ServiceEntry::visible);
+        if visible { self.update_service(now, key, upd) } else { self.create_service(now, key, upd) }
     }
 
     /// Deletes a service; refuses while it has live instances.
