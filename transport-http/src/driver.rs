@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use muster_core::message::encode;
 use muster_core::{
-    Event, MemberView, Node, NodeId, NodeStats, PeerMessage, Reply, Request, RequestError, ServiceFilter,
-    ServiceKey, ServiceUpdate, Timestamp,
+    Event, MemberView, Node, NodeId, NodeStats, PeerMessage, Reply, Request, RequestError, ServiceKey,
+    ServiceUpdate, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -259,13 +259,7 @@ impl Driver {
                 self.replies.push((tx, result));
             }
             Command::PutService(key, upd, tx) => {
-                let result =
-                    match self.node.handle_request(now, Request::UpdateService(key.clone(), upd.clone())) {
-                        Err(RequestError::ServiceNotFound(_)) => {
-                            self.node.handle_request(now, Request::CreateService(key, upd))
-                        }
-                        other => other,
-                    };
+                let result = self.node.handle_request(now, Request::PutService(key, upd));
                 self.drain();
                 self.replies.push((tx, result));
             }
@@ -304,24 +298,7 @@ impl Driver {
     fn republish_all(&mut self) {
         tracing::warn!("core events were dropped; republishing every service view");
         self.dirty.extend(self.snapshots.keys());
-        let page_size = self.node.config().limits.max_page_size;
-        for ns in self.node.namespaces() {
-            for page in 1.. {
-                let filter = ServiceFilter {
-                    namespace: ns.namespace.clone(),
-                    group: None,
-                    search: None,
-                    page,
-                    page_size,
-                };
-                let Ok(listing) = self.node.list_services(&filter) else { break };
-                let last = listing.services.len() < page_size;
-                self.dirty.extend(listing.services.into_iter().map(|s| s.key));
-                if last {
-                    break;
-                }
-            }
-        }
+        self.dirty.extend(self.node.service_keys());
     }
 
     fn on_event(&mut self, event: Event) {
