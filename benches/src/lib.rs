@@ -164,7 +164,7 @@ pub fn instance_record(services: usize, i: usize, origin: &NodeId, ms: u64) -> R
             healthy: true,
             enabled: true,
             ephemeral: true,
-            metadata: Metadata::from_map(metadata_map()),
+            metadata: Metadata::from_map(metadata_map()).expect("fixture metadata is valid"),
         }),
     }
 }

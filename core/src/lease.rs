@@ -18,6 +18,43 @@ pub const META_REMOVE_AFTER: &str = "muster.remove_after_ms";
 const MIN_MS: u64 = 1_000;
 const MAX_MS: u64 = 86_400_000;
 
+/// A lease in twelve bytes, kept with each instance so that neither a
+/// heartbeat nor a timer reads the metadata again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompactLease {
+    beat_ms: u32,
+    unhealthy_ms: u32,
+    remove_ms: u32,
+}
+
+fn ms32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl From<Lease> for CompactLease {
+    fn from(l: Lease) -> CompactLease {
+        CompactLease {
+            beat_ms: ms32(l.heartbeat_interval),
+            unhealthy_ms: ms32(l.unhealthy_after),
+            remove_ms: ms32(l.remove_after),
+        }
+    }
+}
+
+impl CompactLease {
+    pub(crate) fn heartbeat_interval(self) -> Duration {
+        Duration::from_millis(u64::from(self.beat_ms))
+    }
+
+    pub(crate) fn unhealthy_after(self) -> Duration {
+        Duration::from_millis(u64::from(self.unhealthy_ms))
+    }
+
+    pub(crate) fn remove_after(self) -> Duration {
+        Duration::from_millis(u64::from(self.remove_ms))
+    }
+}
+
 /// The heartbeat timings of one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -44,7 +81,7 @@ impl Lease {
     /// order (interval < unhealthy < remove).
     pub fn from_metadata(metadata: &Metadata, t: &Timings) -> Result<Lease, InvalidInput> {
         let mut lease = Lease::defaults(t);
-        if metadata.is_empty() {
+        if !metadata.has_key_prefix("muster.") {
             return Ok(lease);
         }
         if let Some(d) = read(metadata, META_HEARTBEAT_INTERVAL)? {
@@ -106,6 +143,7 @@ mod tests {
         Metadata::from_map(
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         )
+        .unwrap()
     }
 
     #[test]

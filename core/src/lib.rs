@@ -23,6 +23,7 @@ mod registry;
 pub mod request;
 pub mod responsibility;
 mod slab;
+mod small;
 pub mod time;
 pub mod view;
 

@@ -133,7 +133,10 @@ pub fn encode(from: &NodeId, msg: &PeerMessage) -> Vec<u8> {
     // value, string, sequence or map of known length.
     match postcard::to_extend(&FrameRef { from, msg }, out) {
         Ok(v) => v,
-        Err(_) => PROTOCOL_VERSION.to_le_bytes().to_vec(),
+        Err(e) => {
+            debug_assert!(false, "encoding a peer message failed: {e}");
+            PROTOCOL_VERSION.to_le_bytes().to_vec()
+        }
     }
 }
 
@@ -172,7 +175,8 @@ mod tests {
             healthy: true,
             enabled: true,
             ephemeral: true,
-            metadata: Metadata::from_map([("zone".to_owned(), "eu-1".to_owned())].into_iter().collect()),
+            metadata: Metadata::from_map([("zone".to_owned(), "eu-1".to_owned())].into_iter().collect())
+                .unwrap(),
         };
         let record = Record::Instance {
             key: key.clone(),
@@ -246,7 +250,7 @@ mod tests {
                 for r in records {
                     if let Record::Instance { key, .. } = r {
                         prop_assert!(crate::model::check_name(crate::error::Field::Service, key.service.service.as_str()).is_ok());
-                        prop_assert!(crate::model::Host::parse(key.ip.as_str()).is_ok());
+                        prop_assert!(crate::model::Host::parse(&key.ip.to_string()).is_ok());
                     }
                 }
             }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Field, InvalidInput};
 use crate::hash::StableHasher;
+use crate::small::SmallStr;
 
 /// The namespace used when a request names none.
 pub const DEFAULT_NAMESPACE: &str = "public";
@@ -33,20 +34,21 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_HOST_LEN: usize = 253;
 
 /// A validated namespace, group, service or cluster name: 1 to 128 bytes (255
-/// for services) of `A-Z a-z 0-9 . _ : -`. Cheap to clone.
+/// for services) of `A-Z a-z 0-9 . _ : -`. Cheap to clone; short names are
+/// stored inline.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(Arc<str>);
+pub struct Name(SmallStr);
 
 impl Name {
     /// Validates `s` as the value of `field`.
     pub fn parse(field: Field, s: &str) -> Result<Name, InvalidInput> {
         check_name(field, s)?;
-        Ok(Name(Arc::from(s)))
+        Ok(Name(SmallStr::new(s)))
     }
 
     /// The name as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -72,19 +74,19 @@ fn is_name_char(c: char) -> bool {
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -207,34 +209,71 @@ impl<'de> Deserialize<'de> for ServiceKey {
     }
 }
 
-/// An instance's host: an IPv4 or IPv6 address in canonical form, or an RFC
-/// 1123 host name in lower case.
+/// An instance's host: an IPv4 or IPv6 address, or an RFC 1123 host name in
+/// lower case. Addresses are kept as numbers, so `0:0::1` and `::1` are one
+/// host, they compare without touching memory elsewhere, and they sort
+/// numerically (`10.0.0.9` before `10.0.0.10`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Host(Arc<str>);
+pub struct Host(HostRepr);
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum HostRepr {
+    V4([u8; 4]),
+    V6([u8; 16]),
+    Name(SmallStr),
+}
 
 impl Host {
     /// Validates and canonicalises a host.
     pub fn parse(s: &str) -> Result<Host, InvalidInput> {
-        Ok(Host(Arc::from(canonical_host(s)?.as_ref())))
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Host::from(ip));
+        }
+        check_hostname(s)?;
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(Host(HostRepr::Name(SmallStr::new(&s.to_ascii_lowercase()))))
+        } else {
+            Ok(Host(HostRepr::Name(SmallStr::new(s))))
+        }
     }
 
-    /// The host as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The address, if the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match &self.0 {
+            HostRepr::V4(o) => Some(IpAddr::from(*o)),
+            HostRepr::V6(o) => Some(IpAddr::from(*o)),
+            HostRepr::Name(_) => None,
+        }
+    }
+
+    /// Whether the host is an IPv6 address (written in brackets before a port).
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.0, HostRepr::V6(_))
+    }
+
+    /// Feeds the host into a stable hasher.
+    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+        match &self.0 {
+            HostRepr::V4(o) => h.u64(4).u64(u64::from(u32::from_be_bytes(*o))),
+            HostRepr::V6(o) => {
+                let v = u128::from_be_bytes(*o);
+                h.u64(6).u64((v >> 64) as u64).u64(v as u64)
+            }
+            HostRepr::Name(n) => h.u64(0).str(n.as_str()),
+        };
     }
 }
 
-/// The canonical form of a host, borrowed when `s` is canonical already.
-pub fn canonical_host(s: &str) -> Result<Cow<'_, str>, InvalidInput> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        let canonical = ip.to_string();
-        return Ok(if canonical == s { Cow::Borrowed(s) } else { Cow::Owned(canonical) });
-    }
-    check_hostname(s)?;
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Cow::Owned(s.to_ascii_lowercase()))
-    } else {
-        Ok(Cow::Borrowed(s))
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Host {
+        match ip {
+            IpAddr::V4(v4) => Host(HostRepr::V4(v4.octets())),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                // `::ffff:10.0.0.1` is the IPv4 host it maps.
+                Some(v4) => Host(HostRepr::V4(v4.octets())),
+                None => Host(HostRepr::V6(v6.octets())),
+            },
+        }
     }
 }
 
@@ -268,19 +307,61 @@ fn check_hostname(s: &str) -> Result<(), InvalidInput> {
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match &self.0 {
+            HostRepr::Name(n) => f.write_str(n.as_str()),
+            _ => match self.ip() {
+                Some(ip) => fmt::Display::fmt(&ip, f),
+                None => Ok(()),
+            },
+        }
     }
 }
 
 impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        write!(f, "\"{self}\"")
     }
 }
 
 impl Serialize for Host {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        match &self.0 {
+            HostRepr::Name(n) => s.serialize_str(n.as_str()),
+            _ => {
+                // An address is at most 39 characters: format on the stack.
+                let mut buf = StackStr::default();
+                let _ = fmt::Write::write_fmt(&mut buf, format_args!("{self}"));
+                s.serialize_str(buf.as_str())
+            }
+        }
+    }
+}
+
+/// A small fixed buffer to format short values without allocating.
+struct StackStr {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackStr {
+    fn default() -> Self {
+        StackStr { buf: [0; 64], len: 0 }
+    }
+}
+
+impl StackStr {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -348,7 +429,7 @@ impl InstanceKey {
 
     /// The stable hash of the key: the same on every node and platform.
     pub fn stable_hash(&self) -> u64 {
-        instance_hash(&self.service, self.cluster.as_str(), self.ip.as_str(), self.port)
+        instance_hash(self.service.stable_hash(), &self.cluster, &self.ip, self.port)
     }
 
     /// The instance id shown to clients: `ip#port#cluster`.
@@ -358,16 +439,19 @@ impl InstanceKey {
 }
 
 /// The stable hash of an instance key given by parts.
-pub(crate) fn instance_hash(service: &ServiceKey, cluster: &str, ip: &str, port: u16) -> u64 {
+/// The stable hash of an instance key from its service's stable hash.
+pub(crate) fn instance_hash(service_hash: u64, cluster: &Name, ip: &Host, port: u16) -> u64 {
     let mut h = StableHasher::new();
-    service.hash_into(&mut h);
-    h.str(cluster).str(ip).u64(u64::from(port));
+    h.u64(service_hash);
+    h.str(cluster.as_str());
+    ip.hash_into(&mut h);
+    h.u64(u64::from(port));
     h.finish()
 }
 
 impl fmt::Display for InstanceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ip.as_str().contains(':') {
+        if self.ip.is_ipv6() {
             write!(f, "{}/{}/[{}]:{}", self.service, self.cluster, self.ip, self.port)
         } else {
             write!(f, "{}/{}/{}:{}", self.service, self.cluster, self.ip, self.port)
@@ -393,40 +477,58 @@ impl<'de> Deserialize<'de> for InstanceKey {
     }
 }
 
-/// String metadata of an instance or a service, sorted by key, compact in
-/// memory (a boxed slice, not a tree).
+/// String metadata of an instance or a service, sorted by key.
+///
+/// Compact in memory: all keys and values in one shared allocation,
+/// separated by NUL (which metadata may not contain: control characters are
+/// refused), so an instance's metadata costs one allocation however many
+/// entries it has, and cloning it is a reference count.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Metadata(Option<Arc<[MetadataEntry]>>);
-
-/// One metadata entry: key and value.
-type MetadataEntry = (Box<str>, Box<str>);
+pub struct Metadata(Option<Arc<str>>, u32);
 
 impl Metadata {
     /// Builds metadata from a map, checking it against `limits`.
     pub fn parse(map: BTreeMap<String, String>, limits: &MetadataLimits) -> Result<Metadata, InvalidInput> {
-        let m = Metadata::from_map(map);
+        let m = Metadata::from_map(map)?;
         m.check(limits)?;
         Ok(m)
     }
 
-    /// Builds metadata from a map without checking limits.
-    pub fn from_map(map: BTreeMap<String, String>) -> Metadata {
+    /// Builds metadata from a map without checking limits; refuses control
+    /// characters, which the compact form cannot hold.
+    pub fn from_map(map: BTreeMap<String, String>) -> Result<Metadata, InvalidInput> {
         if map.is_empty() {
-            return Metadata(None);
+            return Ok(Metadata(None, 0));
         }
-        Metadata(Some(map.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect()))
-    }
-
-    fn entries(&self) -> &[(Box<str>, Box<str>)] {
-        self.0.as_deref().unwrap_or(&[])
-    }
-
-    /// Checks the entry count, the byte size and the keys.
-    pub fn check(&self, limits: &MetadataLimits) -> Result<(), InvalidInput> {
-        if self.len() > limits.max_entries {
+        let len =
+            u32::try_from(map.len()).map_err(|_| InvalidInput::new(Field::Metadata, "too many entries"))?;
+        if let Some((k, _)) = map.iter().find(|(k, v)| has_control(k) || has_control(v)) {
+            return Err(InvalidInput::new(Field::Metadata, format!("entry {k:?} holds a control character")));
+        }
+        if let Some(k) = map.keys().find(|k| k.is_empty() || k.len() > MAX_METADATA_KEY_LEN) {
             return Err(InvalidInput::new(
                 Field::Metadata,
-                format!("at most {} entries, got {}", limits.max_entries, self.len()),
+                format!("keys must be 1 to {MAX_METADATA_KEY_LEN} bytes, got {} bytes", k.len()),
+            ));
+        }
+        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+        for (k, v) in &map {
+            text.push_str(k);
+            text.push('\0');
+            text.push_str(v);
+            text.push('\0');
+        }
+        Ok(Metadata(Some(Arc::from(text)), len))
+    }
+
+    /// Checks the entry count and the byte size (key lengths and characters
+    /// were checked when it was built).
+    pub fn check(&self, limits: &MetadataLimits) -> Result<(), InvalidInput> {
+        let len = self.len();
+        if len > limits.max_entries {
+            return Err(InvalidInput::new(
+                Field::Metadata,
+                format!("at most {} entries, got {len}", limits.max_entries),
             ));
         }
         let bytes = self.byte_size();
@@ -436,43 +538,52 @@ impl Metadata {
                 format!("at most {} bytes of keys and values, got {bytes}", limits.max_bytes),
             ));
         }
-        if let Some((k, _)) = self.entries().iter().find(|(k, _)| k.is_empty() || k.len() > 128) {
-            return Err(InvalidInput::new(
-                Field::Metadata,
-                format!("keys must be 1 to 128 bytes, got {} bytes", k.len()),
-            ));
-        }
-        if let Some((k, _)) = self.entries().iter().find(|(k, v)| has_control(k) || has_control(v)) {
-            return Err(InvalidInput::new(Field::Metadata, format!("entry {k:?} holds a control character")));
-        }
         Ok(())
     }
 
     /// Total bytes of keys and values.
     pub fn byte_size(&self) -> usize {
-        self.entries().iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.0.as_deref().map_or(0, |t| t.len() - 2 * self.len())
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let entries = self.entries();
-        let i = entries.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
-        entries.get(i).map(|(_, v)| &**v)
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries().iter().map(|(k, v)| (&**k, &**v))
+        let mut parts = self.0.as_deref().unwrap_or("").split('\0');
+        std::iter::from_fn(move || {
+            let k = parts.next()?;
+            let v = parts.next()?;
+            Some((k, v))
+        })
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.1 as usize
+    }
+
+    /// Whether some key starts with `prefix` (a fast scan of the text first).
+    pub fn has_key_prefix(&self, prefix: &str) -> bool {
+        self.0.as_deref().is_some_and(|t| t.contains(prefix))
+            && self.iter().any(|(k, _)| k.starts_with(prefix))
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
+    }
+
+    /// Whether `self` and `other` share their storage (and so are equal).
+    pub(crate) fn same_storage(&self, other: &Metadata) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     /// A map copy of the entries.
@@ -481,15 +592,16 @@ impl Metadata {
     }
 
     pub(crate) fn hash_into(&self, h: &mut StableHasher) {
-        h.u64(self.len() as u64);
-        for (k, v) in self.iter() {
-            h.str(k).str(v);
-        }
+        // The NUL-separated text encodes keys and values unambiguously.
+        h.str(self.0.as_deref().unwrap_or(""));
     }
 }
 
+/// The longest metadata key, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+
 fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+    s.bytes().any(|b| b < 0x20 || b == 0x7f) || (!s.is_ascii() && s.chars().any(char::is_control))
 }
 
 impl fmt::Debug for Metadata {
@@ -500,13 +612,18 @@ impl fmt::Debug for Metadata {
 
 impl Serialize for Metadata {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
-        Ok(Metadata::from_map(BTreeMap::deserialize(d)?))
+        Metadata::from_map(BTreeMap::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -582,9 +699,11 @@ mod tests {
 
     #[test]
     fn hosts_are_canonicalised() {
-        assert_eq!(Host::parse("0:0::1").unwrap().as_str(), "::1");
-        assert_eq!(Host::parse("Db-1.Example.COM").unwrap().as_str(), "db-1.example.com");
-        assert_eq!(Host::parse("10.0.0.1").unwrap().as_str(), "10.0.0.1");
+        assert_eq!(Host::parse("0:0::1").unwrap().to_string(), "::1");
+        assert_eq!(Host::parse("Db-1.Example.COM").unwrap().to_string(), "db-1.example.com");
+        assert_eq!(Host::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1");
+        assert_eq!(Host::parse("::ffff:10.0.0.1").unwrap(), Host::parse("10.0.0.1").unwrap());
+        assert!(Host::parse("10.0.0.9").unwrap() < Host::parse("10.0.0.10").unwrap());
     }
 
     #[test]

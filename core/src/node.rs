@@ -842,15 +842,19 @@ impl Node {
         let has_peers = self.members.peer_count() > 0;
         let max = self.config.limits.max_pending_changes;
         let mut overflow = 0;
-        let changes: Vec<RecordRef> = self.registry.take_local_changes().collect();
-        if has_peers && !changes.is_empty() {
-            for c in changes {
-                if self.pending.len() >= max && !self.pending.contains(&c) {
-                    overflow += 1;
-                    continue;
-                }
-                self.pending.insert(c);
+        let mut changed = false;
+        for c in self.registry.take_local_changes() {
+            if !has_peers {
+                continue;
             }
+            changed = true;
+            if self.pending.len() >= max && !self.pending.contains(&c) {
+                overflow += 1;
+                continue;
+            }
+            self.pending.insert(c);
+        }
+        if changed {
             self.arm_flush(now);
         }
         if overflow > 0 {

@@ -95,12 +95,19 @@ pub enum Request {
 /// The answer to a registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registered {
-    /// `ip#port#cluster`.
-    pub instance_id: String,
+    /// The instance registered.
+    pub key: InstanceKey,
     /// How often the client should heartbeat.
     pub heartbeat_interval: Duration,
     /// Whether the instance is new (false: an existing one was updated).
     pub created: bool,
+}
+
+impl Registered {
+    /// The id shown to clients: `ip#port#cluster`.
+    pub fn instance_id(&self) -> String {
+        self.key.instance_id()
+    }
 }
 
 /// The answer to a heartbeat.

@@ -7,7 +7,7 @@
 //! transport can run it on any thread from a published snapshot.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
@@ -42,9 +42,9 @@ pub struct InstanceView {
 impl InstanceView {
     pub(crate) fn compute_hash(&mut self) {
         let mut h = StableHasher::new();
-        h.str(self.cluster.as_str())
-            .str(self.ip.as_str())
-            .u64(u64::from(self.port))
+        h.str(self.cluster.as_str());
+        self.ip.hash_into(&mut h);
+        h.u64(u64::from(self.port))
             .u64(self.weight.to_bits())
             .u64(u64::from(self.healthy))
             .u64(u64::from(self.enabled))
@@ -60,7 +60,12 @@ impl InstanceView {
 }
 
 /// All instances of a service, sorted by cluster, ip and port.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Instances are shared (`Arc`) between successive views of a service, so a
+/// new view after a change copies pointers, not instances. The answers to
+/// the two most common queries (everything, healthy only, without a cluster
+/// filter) are computed once per view, on first use.
+#[derive(Clone, Debug)]
 pub struct ServiceView {
     /// The service.
     pub key: ServiceKey,
@@ -69,13 +74,34 @@ pub struct ServiceView {
     /// Its metadata.
     pub metadata: Metadata,
     /// Its live instances.
-    pub instances: Vec<InstanceView>,
+    pub instances: Vec<Arc<InstanceView>>,
     /// Whether the node holds any record of the service (live instances,
     /// tombstones of removed ones, or explicit settings). An empty view of a
     /// known service means it was really emptied; an empty view of an
     /// unknown one may mean the node lost its memory (a restarted single
     /// node), and a client cache should not be wiped for it.
     pub known: bool,
+    /// Selections without a cluster filter: `[all, healthy only]`.
+    common: OnceLock<[Selection; 2]>,
+}
+
+impl PartialEq for ServiceView {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.protect_threshold == other.protect_threshold
+            && self.metadata == other.metadata
+            && self.instances == other.instances
+            && self.known == other.known
+    }
+}
+
+/// A selection from a view: which instances, their checksum, and whether the
+/// protect threshold was reached.
+#[derive(Clone, Debug)]
+struct Selection {
+    indices: Option<Arc<[u32]>>,
+    checksum: Checksum,
+    reached: bool,
 }
 
 /// Which instances a query wants.
@@ -112,7 +138,7 @@ impl Checksum {
 #[derive(Clone, Debug)]
 pub struct QueryAnswer {
     view: Arc<ServiceView>,
-    indices: Option<Vec<u32>>,
+    indices: Option<Arc<[u32]>>,
     checksum: Checksum,
     protect_threshold_reached: bool,
 }
@@ -124,15 +150,15 @@ impl QueryAnswer {
         let mut picked = self.indices.as_deref().map(|v| v.iter());
         let mut plain = if picked.is_none() { Some(all.iter()) } else { None };
         std::iter::from_fn(move || match (&mut picked, &mut plain) {
-            (Some(p), _) => p.next().and_then(|i| all.get(*i as usize)),
-            (None, Some(a)) => a.next(),
+            (Some(p), _) => p.next().and_then(|i| all.get(*i as usize)).map(|i| &**i),
+            (None, Some(a)) => a.next().map(|i| &**i),
             (None, None) => None,
         })
     }
 
     /// How many instances were selected.
     pub fn len(&self) -> usize {
-        self.indices.as_ref().map_or(self.view.instances.len(), Vec::len)
+        self.indices.as_ref().map_or(self.view.instances.len(), |i| i.len())
     }
 
     /// Whether nothing was selected.
@@ -166,6 +192,7 @@ impl ServiceView {
             metadata: Metadata::default(),
             instances: Vec::new(),
             known: false,
+            common: OnceLock::new(),
         }
     }
 
@@ -173,8 +200,22 @@ impl ServiceView {
     /// when healthy and enabled instances make up less than the threshold of
     /// the enabled ones, all enabled ones are returned and the answer says so.
     pub fn select(self: &Arc<Self>, selector: &Selector) -> QueryAnswer {
-        let in_clusters =
-            |i: &InstanceView| selector.clusters.is_empty() || selector.clusters.contains(&i.cluster);
+        let sel = if selector.clusters.is_empty() {
+            let common = self.common.get_or_init(|| [self.compute(&[], false), self.compute(&[], true)]);
+            common[usize::from(selector.healthy_only)].clone()
+        } else {
+            self.compute(&selector.clusters, selector.healthy_only)
+        };
+        QueryAnswer {
+            view: Arc::clone(self),
+            indices: sel.indices,
+            checksum: sel.checksum,
+            protect_threshold_reached: sel.reached,
+        }
+    }
+
+    fn compute(&self, clusters: &[Name], healthy_only: bool) -> Selection {
+        let in_clusters = |i: &InstanceView| clusters.is_empty() || clusters.contains(&i.cluster);
         let (mut enabled, mut serving) = (0usize, 0usize);
         for i in self.instances.iter().filter(|i| in_clusters(i)) {
             enabled += usize::from(i.enabled);
@@ -184,26 +225,30 @@ impl ServiceView {
             && enabled > 0
             && (serving as f64) < self.protect_threshold * enabled as f64;
         let keep = |i: &InstanceView| {
-            in_clusters(i) && (!selector.healthy_only || if reached { i.enabled } else { i.is_serving() })
-        };
-        let indices = if selector.clusters.is_empty() && !selector.healthy_only {
-            None
-        } else {
-            Some(self.instances.iter().enumerate().filter(|(_, i)| keep(i)).map(|(n, _)| n as u32).collect())
-        };
-        let mut answer = QueryAnswer {
-            view: Arc::clone(self),
-            indices,
-            checksum: Checksum(0),
-            protect_threshold_reached: reached,
+            in_clusters(i) && (!healthy_only || if reached { i.enabled } else { i.is_serving() })
         };
         let mut h = StableHasher::new();
         h.u64(u64::from(reached));
-        for i in answer.instances() {
-            h.u64(i.content_hash);
-        }
-        answer.checksum = Checksum(h.finish());
-        answer
+        let indices = if clusters.is_empty() && !healthy_only {
+            for i in &self.instances {
+                h.u64(i.content_hash);
+            }
+            None
+        } else {
+            let mut picked = Vec::new();
+            for (n, i) in self.instances.iter().enumerate().filter(|(_, i)| keep(i)) {
+                h.u64(i.content_hash);
+                picked.push(n as u32);
+            }
+            Some(Arc::from(picked))
+        };
+        Selection { indices, checksum: Checksum(h.finish()), reached }
+    }
+
+    /// The position of the instance with this cluster, ip and port, or where
+    /// it would go.
+    pub(crate) fn position(&self, cluster: &Name, ip: &Host, port: u16) -> Result<usize, usize> {
+        self.instances.binary_search_by(|i| (&i.cluster, &i.ip, i.port).cmp(&(cluster, ip, port)))
     }
 }
 

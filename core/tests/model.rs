@@ -83,7 +83,7 @@ fn data(weight: u16, ephemeral: bool, zone: Option<u8>) -> InstanceData {
         healthy: true,
         enabled: true,
         ephemeral,
-        metadata: Metadata::from_map(metadata),
+        metadata: Metadata::from_map(metadata).unwrap(),
     }
 }
 

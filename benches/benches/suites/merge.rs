@@ -105,7 +105,7 @@ pub(crate) fn bench_merge(c: &mut Criterion) {
             healthy: true,
             enabled: true,
             ephemeral: true,
-            metadata: Metadata::from_map(metadata_map()),
+            metadata: Metadata::from_map(metadata_map()).expect("fixture metadata is valid"),
         }),
     };
     assert_eq!(v, version(&peer, FIRST_MS, 7));

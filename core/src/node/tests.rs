@@ -76,7 +76,7 @@ fn registering_creates_the_service_and_tells_the_heartbeat_interval() {
     let r = register(&mut n, at(0), &key("orders", "10.0.0.1", 8080));
     assert!(r.created);
     assert_eq!(r.heartbeat_interval, Duration::from_secs(5));
-    assert_eq!(r.instance_id, "10.0.0.1#8080#DEFAULT");
+    assert_eq!(r.instance_id(), "10.0.0.1#8080#DEFAULT");
     let s = n.service(&svc("orders")).unwrap();
     assert_eq!((s.instances, s.healthy_instances, s.explicit), (1, 1, false));
     n.check_invariants();
@@ -240,7 +240,7 @@ fn queries_filter_by_cluster_and_health() {
     assert_eq!(n.query(secs(15), &svc("orders"), &us).unwrap().len(), 2);
     let us_healthy = Selector { healthy_only: true, ..us };
     let a = n.query(secs(15), &svc("orders"), &us_healthy).unwrap();
-    assert_eq!(a.instances().map(|i| i.ip.as_str()).collect::<Vec<_>>(), ["10.0.0.3"]);
+    assert_eq!(a.instances().map(|i| i.ip.to_string()).collect::<Vec<_>>(), ["10.0.0.3"]);
 }
 
 #[test]

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use crate::lease::Lease;
 use crate::record::{InstanceState, RemoveCause, ServiceState};
 use crate::time::Timestamp;
 
@@ -59,18 +58,18 @@ impl Registry {
                 if purge_at <= now { Due::Purge } else { Due::Rearm(purge_at) }
             }
             InstanceState::Live(d) => {
-                let lease = Lease::from_metadata_or_default(&d.metadata, &self.timings);
+                let (unhealthy_after, remove_after) = (e.lease.unhealthy_after(), e.lease.remove_after());
                 let base = e.last_beat.max(self.grace_epoch);
                 if !self.responsibility.is_mine(e.hash) {
-                    Due::Rearm(now.max(base) + lease.unhealthy_after)
-                } else if now >= base + lease.remove_after {
+                    Due::Rearm(now.max(base) + unhealthy_after)
+                } else if now >= base + remove_after {
                     Due::Remove
-                } else if d.healthy && now >= base + lease.unhealthy_after {
+                } else if d.healthy && now >= base + unhealthy_after {
                     Due::MarkUnhealthy
                 } else if d.healthy {
-                    Due::Rearm(base + lease.unhealthy_after)
+                    Due::Rearm(base + unhealthy_after)
                 } else {
-                    Due::Rearm(base + lease.remove_after)
+                    Due::Rearm(base + remove_after)
                 }
             }
         };
@@ -164,9 +163,8 @@ impl Registry {
         let at = match &e.state {
             InstanceState::Live(d) if !d.ephemeral => None,
             InstanceState::Live(d) => {
-                let lease = Lease::from_metadata_or_default(&d.metadata, &self.timings);
                 let base = e.last_beat.max(self.grace_epoch);
-                Some(if d.healthy { base + lease.unhealthy_after } else { base + lease.remove_after })
+                Some(if d.healthy { base + e.lease.unhealthy_after() } else { base + e.lease.remove_after() })
             }
             InstanceState::Removed { at_ms, .. } => Some(self.purge_time(now, *at_ms)),
         };

@@ -13,7 +13,6 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-use crate::lease::Lease;
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
 use crate::record::{
     InstanceState, Record, RemoveCause, ServiceState, Version, instance_state_hash, service_state_hash,
@@ -168,9 +167,8 @@ impl Registry {
         if !condemns || !e.witnessed {
             return None;
         }
-        let lease = Lease::from_metadata_or_default(&current.metadata, &self.timings);
         let age = now.saturating_since(e.last_beat);
-        (age < lease.unhealthy_after).then_some(age)
+        (age < e.lease.unhealthy_after()).then_some(age)
     }
 
     fn merge_service(

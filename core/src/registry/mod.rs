@@ -16,6 +16,7 @@ pub(crate) mod digest;
 mod expiry;
 mod merge;
 mod services;
+mod views;
 
 pub(crate) use self::merge::MergeOutcome;
 
@@ -27,7 +28,7 @@ use hashbrown::HashTable;
 
 use crate::config::{BrakeConfig, Limits, Timings};
 use crate::error::{Field, InvalidInput, RequestError};
-use crate::lease::Lease;
+use crate::lease::{CompactLease, Lease};
 use crate::model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, parse_weight};
 use crate::record::{
     Hlc, InstanceState, Record, RemoveCause, ServiceState, Version, digest_hash, instance_state_hash,
@@ -74,6 +75,10 @@ pub(crate) struct InstanceEntry {
     witnessed: bool,
     /// This entry's timer, if any.
     timer: Option<Timestamp>,
+    /// The lease, from the metadata when the state was set.
+    lease: CompactLease,
+    /// How queries show the instance, built on first use after a change.
+    view: Option<Arc<InstanceView>>,
 }
 
 impl InstanceEntry {
@@ -108,7 +113,23 @@ pub(crate) struct ServiceEntry {
     members: Vec<u32>,
     live: u32,
     healthy: u32,
+    /// The last view built; it may be stale (see `view_fresh`).
     view: Option<Arc<ServiceView>>,
+    /// Whether `view` shows the current state.
+    view_fresh: bool,
+    /// Instances changed since `view` was built, to patch it.
+    view_changes: Vec<ViewChange>,
+    /// Whether so much changed that patching would cost more than rebuilding.
+    view_rebuild: bool,
+}
+
+/// An instance that changed since a service's view was built.
+#[derive(Debug)]
+pub(crate) struct ViewChange {
+    slot: u32,
+    cluster: Name,
+    ip: Host,
+    port: u16,
 }
 
 impl ServiceEntry {
@@ -306,7 +327,10 @@ impl Registry {
     // ---- lookups -------------------------------------------------------
 
     fn find_service(&self, key: &ServiceKey) -> Option<u32> {
-        let hash = key.stable_hash();
+        self.find_service_hashed(key.stable_hash(), key)
+    }
+
+    fn find_service_hashed(&self, hash: u64, key: &ServiceKey) -> Option<u32> {
         let services = &self.services;
         self.service_index
             .find(hash, |&i| services.get(i).is_some_and(|s| s.hash == hash && s.key == *key))
@@ -339,7 +363,12 @@ impl Registry {
 
     /// The service entry for `key`, created (implicit) if absent.
     fn service_entry(&mut self, key: &ServiceKey) -> Result<u32, RequestError> {
-        if let Some(i) = self.find_service(key) {
+        self.service_entry_hashed(key.stable_hash(), key)
+    }
+
+    /// Like `service_entry`, with the key's stable hash already computed.
+    fn service_entry_hashed(&mut self, hash: u64, key: &ServiceKey) -> Result<u32, RequestError> {
+        if let Some(i) = self.find_service_hashed(hash, key) {
             return Ok(i);
         }
         if self.services.len() >= self.limits.max_services {
@@ -348,7 +377,6 @@ impl Registry {
                 limit: self.limits.max_services,
             });
         }
-        let hash = key.stable_hash();
         let entry = ServiceEntry {
             key: key.clone(),
             hash,
@@ -357,6 +385,9 @@ impl Registry {
             live: 0,
             healthy: 0,
             view: None,
+            view_fresh: false,
+            view_changes: Vec::new(),
+            view_rebuild: false,
         };
         let handle = self
             .services
@@ -408,6 +439,8 @@ impl Registry {
             last_beat: now,
             witnessed: false,
             timer: None,
+            lease: CompactLease::from(Lease::defaults(&self.timings)),
+            view: None,
         };
         let Some(handle) = self.instances.insert(entry) else { return Err(full()) };
         let instances = &self.instances;
@@ -433,7 +466,39 @@ impl Registry {
         now: Timestamp,
         local: bool,
     ) {
+        let unchanged_metadata =
+            |e: &InstanceEntry, new: &Metadata| e.live().is_some_and(|old| old.metadata.same_storage(new));
+        let lease = match &state {
+            InstanceState::Live(d) => match self.instances.get(index) {
+                Some(e) if unchanged_metadata(e, &d.metadata) => None,
+                _ => Some(self.lease_of(&d.metadata)),
+            },
+            InstanceState::Removed { .. } => None,
+        };
+        self.set_instance_leased(index, version, state, lease, now, local);
+    }
+
+    /// The lease of an instance with `metadata` (defaults if it is invalid,
+    /// as records from peers may be).
+    fn lease_of(&self, metadata: &Metadata) -> CompactLease {
+        CompactLease::from(Lease::from_metadata_or_default(metadata, &self.timings))
+    }
+
+    /// `set_instance` with the lease already computed.
+    fn set_instance_leased(
+        &mut self,
+        index: u32,
+        version: Version,
+        state: InstanceState,
+        lease: Option<CompactLease>,
+        now: Timestamp,
+        local: bool,
+    ) {
         let Some(e) = self.instances.get_mut(index) else { return };
+        if let Some(lease) = lease {
+            e.lease = lease;
+        }
+        e.view = None;
         let old_digest = e.digest_hash();
         let old = flags(&e.state);
         e.version = version;
@@ -455,7 +520,7 @@ impl Registry {
             }
         }
         if old.live || new.live {
-            self.service_changed(service);
+            self.instance_view_changed(service, index);
         }
     }
 
@@ -480,13 +545,32 @@ impl Registry {
         }
     }
 
+    /// Something of the service other than its instances changed (settings,
+    /// or what the node knows of it).
     fn service_changed(&mut self, service: u32) {
         if let Some(s) = self.services.get_mut(service) {
-            s.view = None;
+            s.view_fresh = false;
             if !self.changed_services.contains(&s.key) {
                 self.changed_services.insert(s.key.clone());
             }
         }
+    }
+
+    /// A live instance of the service appeared, changed or went.
+    fn instance_view_changed(&mut self, service: u32, index: u32) {
+        let Some(e) = self.instances.get(index) else { return };
+        let change = ViewChange { slot: index, cluster: e.cluster.clone(), ip: e.ip.clone(), port: e.port };
+        if let Some(s) = self.services.get_mut(service) {
+            if s.view.is_some() && !s.view_rebuild {
+                if s.view_changes.len() > 64 + s.live as usize / 8 {
+                    s.view_rebuild = true;
+                    s.view_changes = Vec::new();
+                } else {
+                    s.view_changes.push(change);
+                }
+            }
+        }
+        self.service_changed(service);
     }
 
     /// Removes an instance slot entirely (tombstone purge).
@@ -530,7 +614,7 @@ impl Registry {
     ) -> Result<Registered, RequestError> {
         let weight = parse_weight(req.weight.unwrap_or(crate::model::DEFAULT_WEIGHT))?;
         let metadata = Metadata::parse(req.metadata, &self.limits.metadata())?;
-        let lease = Lease::from_metadata(&metadata, &self.timings)?;
+        let lease = CompactLease::from(Lease::from_metadata(&metadata, &self.timings)?);
         let data = InstanceData {
             weight,
             healthy: req.healthy.unwrap_or(true),
@@ -539,7 +623,8 @@ impl Registry {
             metadata,
         };
         let key = req.key;
-        let hash = key.stable_hash();
+        let service_hash = key.service.stable_hash();
+        let hash = crate::model::instance_hash(service_hash, &key.cluster, &key.ip, key.port);
         let existing = self.find_instance_hashed(hash, &key);
         let created = match existing.and_then(|i| self.instances.get(i)).map(|e| e.live()) {
             Some(Some(current)) => {
@@ -547,13 +632,20 @@ impl Registry {
                 let index = existing.unwrap_or_default();
                 if changed {
                     let version = self.next_version(now);
-                    self.set_instance(index, version, InstanceState::Live(data), now, true);
+                    self.set_instance_leased(
+                        index,
+                        version,
+                        InstanceState::Live(data),
+                        Some(lease),
+                        now,
+                        true,
+                    );
                 }
                 self.witness(index, now);
                 false
             }
             _ => {
-                let service = self.find_service(&key.service);
+                let service = self.find_service_hashed(service_hash, &key.service);
                 let live = service.and_then(|s| self.services.get(s)).map_or(0, |s| s.live as usize);
                 if live >= self.limits.max_instances_per_service {
                     return Err(RequestError::LimitExceeded {
@@ -571,20 +663,16 @@ impl Registry {
                 let index = match existing {
                     Some(i) => i,
                     None => {
-                        let service = self.service_entry(&key.service)?;
+                        let service = self.service_entry_hashed(service_hash, &key.service)?;
                         self.insert_instance(service, &key, hash, version.clone(), now)?
                     }
                 };
                 self.witness(index, now);
-                self.set_instance(index, version, InstanceState::Live(data), now, true);
+                self.set_instance_leased(index, version, InstanceState::Live(data), Some(lease), now, true);
                 true
             }
         };
-        Ok(Registered {
-            instance_id: key.instance_id(),
-            heartbeat_interval: lease.heartbeat_interval,
-            created,
-        })
+        Ok(Registered { key, heartbeat_interval: lease.heartbeat_interval(), created })
     }
 
     fn witness(&mut self, index: u32, now: Timestamp) {
@@ -670,11 +758,7 @@ impl Registry {
         e.last_beat = e.last_beat.max(now.saturating_sub(age));
         e.witnessed = true;
         self.stats.heartbeats += 1;
-        let interval = if data.metadata.is_empty() {
-            self.timings.heartbeat_interval
-        } else {
-            Lease::from_metadata_or_default(&data.metadata, &self.timings).heartbeat_interval
-        };
+        let interval = e.lease.heartbeat_interval();
         let mine = self.responsibility.is_mine(hash);
         // A beat is evidence of life wherever it lands: an unhealthy mark
         // (this node's or the responsible node's) is lifted here at once.
@@ -702,52 +786,12 @@ impl Registry {
         self.view(key).select(selector)
     }
 
-    /// The current view of a service, built if the cache is stale.
+    /// The current view of a service, rebuilt or patched if stale.
     pub(crate) fn view(&mut self, key: &ServiceKey) -> Arc<ServiceView> {
-        let Some(index) = self.find_service(key) else {
-            return Arc::new(ServiceView::empty(key.clone()));
-        };
-        if let Some(v) = self.services.get(index).and_then(|s| s.view.as_ref()) {
-            return Arc::clone(v);
+        match self.find_service(key) {
+            Some(index) => self.refresh_view(index, key),
+            None => Arc::new(ServiceView::empty(key.clone())),
         }
-        let Some(s) = self.services.get(index) else {
-            return Arc::new(ServiceView::empty(key.clone()));
-        };
-        let view = Arc::new(self.build_view(s));
-        if let Some(s) = self.services.get_mut(index) {
-            s.view = Some(Arc::clone(&view));
-        }
-        view
-    }
-
-    fn build_view(&self, s: &ServiceEntry) -> ServiceView {
-        let mut view = ServiceView::empty(s.key.clone());
-        view.known = true;
-        if let Some(ServiceRecord { state: ServiceState::Live(meta), .. }) = &s.record {
-            view.protect_threshold = meta.protect_threshold;
-            view.metadata = meta.metadata.clone();
-        }
-        view.instances.reserve(s.live as usize);
-        for &m in &s.members {
-            let Some(e) = self.instances.get(m) else { continue };
-            let Some(d) = e.live() else { continue };
-            let mut i = InstanceView {
-                instance_id: format!("{}#{}#{}", e.ip, e.port, e.cluster),
-                cluster: e.cluster.clone(),
-                ip: e.ip.clone(),
-                port: e.port,
-                weight: d.weight,
-                healthy: d.healthy,
-                enabled: d.enabled,
-                ephemeral: d.ephemeral,
-                metadata: d.metadata.clone(),
-                content_hash: 0,
-            };
-            i.compute_hash();
-            view.instances.push(i);
-        }
-        view.instances.sort_by(|a, b| (&a.cluster, &a.ip, a.port).cmp(&(&b.cluster, &b.ip, b.port)));
-        view
     }
 
     // ---- records for peers ---------------------------------------------
@@ -848,6 +892,7 @@ impl Registry {
         self.check_indexes();
         self.check_counts_and_digest();
         self.check_timers();
+        self.check_views();
     }
 
     #[cfg(any(test, debug_assertions, feature = "invariants"))]
@@ -907,6 +952,40 @@ impl Registry {
             "instance totals"
         );
         assert_eq!(digest, self.digest, "incremental digest equals recomputed digest");
+    }
+
+    /// A fresh view must equal a full rebuild: patching is exact.
+    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    fn check_views(&self) {
+        for (_, s) in self.services.iter() {
+            let Some(v) = s.view.as_ref().filter(|_| s.view_fresh) else { continue };
+            let mut expected: Vec<(Name, Host, u16, u64)> = Vec::new();
+            for &m in &s.members {
+                let Some(e) = self.instances.get(m) else { continue };
+                let Some(d) = e.live() else { continue };
+                let mut iv = InstanceView {
+                    instance_id: String::new(),
+                    cluster: e.cluster.clone(),
+                    ip: e.ip.clone(),
+                    port: e.port,
+                    weight: d.weight,
+                    healthy: d.healthy,
+                    enabled: d.enabled,
+                    ephemeral: d.ephemeral,
+                    metadata: d.metadata.clone(),
+                    content_hash: 0,
+                };
+                iv.compute_hash();
+                expected.push((iv.cluster, iv.ip, iv.port, iv.content_hash));
+            }
+            expected.sort();
+            let got: Vec<_> = v
+                .instances
+                .iter()
+                .map(|i| (i.cluster.clone(), i.ip.clone(), i.port, i.content_hash))
+                .collect();
+            assert_eq!(got, expected, "view of {} equals a rebuild", s.key);
+        }
     }
 
     #[cfg(any(test, debug_assertions, feature = "invariants"))]

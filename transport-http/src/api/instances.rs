@@ -41,7 +41,7 @@ pub(super) async fn register(
                 created: bool,
             }
             let body = Registered {
-                instance_id: r.instance_id,
+                instance_id: r.instance_id(),
                 heartbeat_interval_ms: millis(r.heartbeat_interval),
                 created: r.created,
             };
