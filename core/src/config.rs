@@ -85,6 +85,8 @@ pub struct Timings {
     pub snapshot_retry: Duration,
     /// How long deletions are remembered (by the hybrid clock of the version).
     pub tombstone_ttl: Duration,
+    /// How often the responsible node checks each persistent instance.
+    pub health_check_interval: Duration,
     /// A gap in the node's own clock between two ticks longer than
     /// `ping_interval + pause_threshold` is a pause (GC stall, suspended VM,
     /// SIGSTOP): instances and peers get a fresh grace period.
@@ -108,6 +110,7 @@ impl Default for Timings {
             startup_timeout: Duration::from_secs(5),
             snapshot_retry: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(600),
+            health_check_interval: Duration::from_secs(5),
             pause_threshold: Duration::from_secs(5),
             max_clock_skew: Duration::from_secs(3600),
         }
@@ -127,6 +130,7 @@ impl Timings {
             ("snapshot_retry_ms", self.snapshot_retry),
             ("tombstone_ttl_ms", self.tombstone_ttl),
             ("pause_threshold_ms", self.pause_threshold),
+            ("health_check_interval_ms", self.health_check_interval),
             ("max_clock_skew_ms", self.max_clock_skew),
         ];
         for (name, d) in non_zero {
@@ -191,6 +195,9 @@ pub struct Limits {
     pub max_timeouts_per_call: usize,
     /// Largest page of a service listing.
     pub max_page_size: usize,
+    /// Most active health checks waiting for the driver; past it a due check
+    /// waits for the next interval.
+    pub max_pending_checks: usize,
 }
 
 impl Default for Limits {
@@ -210,6 +217,7 @@ impl Default for Limits {
             max_queued_events: 20_000,
             max_timeouts_per_call: 10_000,
             max_page_size: 1_000,
+            max_pending_checks: 10_000,
         }
     }
 }
@@ -236,6 +244,7 @@ impl Limits {
             ("max_queued_events", self.max_queued_events),
             ("max_timeouts_per_call", self.max_timeouts_per_call),
             ("max_page_size", self.max_page_size),
+            ("max_pending_checks", self.max_pending_checks),
         ];
         for (name, v) in all {
             if v == 0 {

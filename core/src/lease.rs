@@ -1,6 +1,6 @@
-//! Heartbeat leases: how often an ephemeral instance beats and how long its
-//! silence is tolerated, from the node's timings or per instance through
-//! metadata.
+//! Leases: how often an ephemeral instance beats and how long its silence
+//! is tolerated, and how a persistent instance is checked; from the node's
+//! timings, or per instance through metadata.
 
 use std::time::Duration;
 
@@ -15,6 +15,26 @@ pub const META_UNHEALTHY_AFTER: &str = "muster.unhealthy_after_ms";
 /// Metadata key overriding the silence before the instance is removed (ms).
 pub const META_REMOVE_AFTER: &str = "muster.remove_after_ms";
 
+/// Metadata key choosing a persistent instance's active health check:
+/// `tcp` (the default: a TCP connect to ip:port), `http` (a GET of
+/// `muster.health_check_path` answered 2xx or 3xx) or `none` (clients set
+/// its health).
+pub const META_HEALTH_CHECK: &str = "muster.health_check";
+/// Metadata key with the path of an `http` health check (default `/`).
+pub const META_HEALTH_CHECK_PATH: &str = "muster.health_check_path";
+
+/// How a persistent instance's health is checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connect to ip:port.
+    #[default]
+    Tcp,
+    /// An HTTP GET of the instance's check path.
+    Http,
+    /// No active check: clients set the health.
+    None,
+}
+
 const MIN_MS: u64 = 1_000;
 const MAX_MS: u64 = 86_400_000;
 
@@ -25,6 +45,7 @@ pub(crate) struct CompactLease {
     beat_ms: u32,
     unhealthy_ms: u32,
     remove_ms: u32,
+    check: CheckKind,
 }
 
 fn ms32(d: Duration) -> u32 {
@@ -37,6 +58,7 @@ impl From<Lease> for CompactLease {
             beat_ms: ms32(l.heartbeat_interval),
             unhealthy_ms: ms32(l.unhealthy_after),
             remove_ms: ms32(l.remove_after),
+            check: l.check,
         }
     }
 }
@@ -53,6 +75,10 @@ impl CompactLease {
     pub(crate) fn remove_after(self) -> Duration {
         Duration::from_millis(u64::from(self.remove_ms))
     }
+
+    pub(crate) fn check(self) -> CheckKind {
+        self.check
+    }
 }
 
 /// The heartbeat timings of one instance.
@@ -64,6 +90,8 @@ pub struct Lease {
     pub unhealthy_after: Duration,
     /// Silence before the instance is removed.
     pub remove_after: Duration,
+    /// How a persistent instance is checked (ignored for ephemeral ones).
+    pub check: CheckKind,
 }
 
 impl Lease {
@@ -73,6 +101,7 @@ impl Lease {
             heartbeat_interval: t.heartbeat_interval,
             unhealthy_after: t.unhealthy_after,
             remove_after: t.remove_after,
+            check: CheckKind::Tcp,
         }
     }
 
@@ -93,6 +122,20 @@ impl Lease {
         if let Some(d) = read(metadata, META_REMOVE_AFTER)? {
             lease.remove_after = d;
         }
+        lease.check = match metadata.get(META_HEALTH_CHECK) {
+            None | Some("tcp") => CheckKind::Tcp,
+            Some("http") => CheckKind::Http,
+            Some("none") => CheckKind::None,
+            Some(other) => {
+                return Err(InvalidInput::new(
+                    Field::Metadata,
+                    format!("{META_HEALTH_CHECK} must be tcp, http or none, got {other:?}"),
+                ));
+            }
+        };
+        if let Some(path) = metadata.get(META_HEALTH_CHECK_PATH) {
+            check_path(path)?;
+        }
         if lease.heartbeat_interval >= lease.unhealthy_after {
             return Err(order_error(META_HEARTBEAT_INTERVAL, META_UNHEALTHY_AFTER, lease));
         }
@@ -107,6 +150,24 @@ impl Lease {
     pub fn from_metadata_or_default(metadata: &Metadata, t: &Timings) -> Lease {
         Lease::from_metadata(metadata, t).unwrap_or_else(|_| Lease::defaults(t))
     }
+}
+
+/// The path of an `http` check: `/`, then up to 255 printable ASCII characters.
+fn check_path(path: &str) -> Result<(), InvalidInput> {
+    let ok = path.starts_with('/') && path.len() <= 256 && path.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            Field::Metadata,
+            format!("{META_HEALTH_CHECK_PATH} must start with / and hold up to 256 printable characters"),
+        ))
+    }
+}
+
+/// The path of an instance's `http` check.
+pub fn check_path_of(metadata: &Metadata) -> &str {
+    metadata.get(META_HEALTH_CHECK_PATH).filter(|p| check_path(p).is_ok()).unwrap_or("/")
 }
 
 fn read(metadata: &Metadata, key: &str) -> Result<Option<Duration>, InvalidInput> {

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod hash;
+pub mod health;
 pub mod lease;
 pub mod membership;
 pub mod message;

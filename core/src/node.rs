@@ -898,6 +898,24 @@ impl Node {
         self.events.push_back(e);
     }
 
+    /// The next active health check for the driver to perform (persistent
+    /// instances this node is responsible for). Poll after `handle_timeout`
+    /// until `None`; report each outcome with [`Node::handle_health_check`].
+    #[must_use]
+    pub fn poll_health_check(&mut self) -> Option<crate::health::HealthCheck> {
+        self.registry.poll_check()
+    }
+
+    /// Takes the outcome of an active health check: one success marks the
+    /// instance healthy, two failures in a row unhealthy.
+    pub fn handle_health_check(&mut self, now: Timestamp, key: &InstanceKey, passed: bool) {
+        let now = self.clock.observe(now);
+        if self.is_ready() {
+            self.registry.check_result(now, key, passed);
+        }
+        self.after_change(now);
+    }
+
     /// The next message for a peer. Poll after every input until `None`.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

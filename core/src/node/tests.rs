@@ -872,3 +872,77 @@ fn purging_a_services_last_tombstone_tells_watchers_it_is_forgotten() {
     assert!(!all(&mut n, secs(700), "orders").view().known);
     assert!(n.service_keys().is_empty());
 }
+
+fn persistent(n: &mut Node, now: Timestamp, k: &InstanceKey, meta: &[(&str, &str)]) {
+    let mut req = RegisterRequest::new(k.clone());
+    req.ephemeral = Some(false);
+    req.metadata = meta.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    n.register(now, req).unwrap();
+}
+
+fn checks(n: &mut Node) -> Vec<crate::health::HealthCheck> {
+    std::iter::from_fn(|| n.poll_health_check()).collect()
+}
+
+#[test]
+fn a_persistent_instance_is_checked_every_interval_and_marked_by_the_outcomes() {
+    let mut n = single();
+    let k = key("db", "10.0.0.9", 5432);
+    persistent(&mut n, at(0), &k, &[]);
+    run_until(&mut n, at(4_999));
+    assert!(checks(&mut n).is_empty());
+    run_until(&mut n, secs(5));
+    let due = checks(&mut n);
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].key.clone(), due[0].kind), (k.clone(), crate::lease::CheckKind::Tcp));
+    n.handle_health_check(secs(5), &k, false);
+    assert_eq!(healthy(&mut n, secs(5), "db").len(), 1, "one failure is not enough");
+    run_until(&mut n, secs(10));
+    assert_eq!(checks(&mut n).len(), 1);
+    n.handle_health_check(secs(10), &k, false);
+    assert_eq!(healthy(&mut n, secs(10), "db").len(), 0, "two failures in a row are");
+    n.handle_health_check(secs(11), &k, true);
+    assert_eq!(healthy(&mut n, secs(11), "db").len(), 1, "one success heals");
+    assert_eq!(n.stats().registry.checks_changed, 2);
+}
+
+#[test]
+fn an_http_check_carries_its_path_and_none_is_never_checked() {
+    let mut n = single();
+    let web = key("web", "10.0.0.7", 80);
+    let manual = key("web", "10.0.0.8", 80);
+    persistent(
+        &mut n,
+        at(0),
+        &web,
+        &[("muster.health_check", "http"), ("muster.health_check_path", "/healthz")],
+    );
+    persistent(&mut n, at(0), &manual, &[("muster.health_check", "none")]);
+    run_until(&mut n, secs(5));
+    let due = checks(&mut n);
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].kind, due[0].path.as_str()), (crate::lease::CheckKind::Http, "/healthz"));
+    let mut bad = RegisterRequest::new(key("web", "10.0.0.6", 80));
+    bad.ephemeral = Some(false);
+    bad.metadata = BTreeMap::from([("muster.health_check".to_owned(), "ping".to_owned())]);
+    assert!(n.register(secs(5), bad).is_err());
+}
+
+#[test]
+fn only_the_responsible_node_checks_a_persistent_instance() {
+    let mut nodes = cluster(3);
+    run_cluster(&mut nodes, at(10), &no_drop);
+    let k = key("db", "10.0.0.9", 5432);
+    persistent(&mut nodes[0], at(10), &k, &[]);
+    let mut asked = Vec::new();
+    for s in 1..=6 {
+        run_cluster(&mut nodes, secs(s), &no_drop);
+        for n in &mut nodes {
+            if !checks(n).is_empty() {
+                asked.push(n.id().clone());
+            }
+        }
+    }
+    asked.dedup();
+    assert_eq!(asked, vec![nodes[0].responsible_for(&k)]);
+}

@@ -57,6 +57,10 @@ impl Registry {
                 let purge_at = self.purge_time(now, *at_ms);
                 if purge_at <= now { Due::Purge } else { Due::Rearm(purge_at) }
             }
+            InstanceState::Live(d) if !d.ephemeral => {
+                self.check_due(now, index);
+                return;
+            }
             InstanceState::Live(d) => {
                 let (unhealthy_after, remove_after) = (e.lease.unhealthy_after(), e.lease.remove_after());
                 let base = e.last_beat.max(self.grace_epoch);
@@ -161,7 +165,8 @@ impl Registry {
     pub(super) fn schedule_instance(&mut self, index: u32, now: Timestamp) {
         let Some(e) = self.instances.get(index) else { return };
         let at = match &e.state {
-            InstanceState::Live(d) if !d.ephemeral => None,
+            InstanceState::Live(d) if !d.ephemeral => (e.lease.check() != crate::lease::CheckKind::None)
+                .then(|| now + self.timings.health_check_interval),
             InstanceState::Live(d) => {
                 let base = e.last_beat.max(self.grace_epoch);
                 Some(if d.healthy { base + e.lease.unhealthy_after() } else { base + e.lease.remove_after() })

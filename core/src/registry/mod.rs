@@ -14,6 +14,7 @@
 mod brake;
 pub(crate) mod digest;
 mod expiry;
+mod health;
 mod merge;
 mod services;
 mod views;
@@ -79,6 +80,8 @@ pub(crate) struct InstanceEntry {
     lease: CompactLease,
     /// How queries show the instance, built on first use after a change.
     view: Option<Arc<InstanceView>>,
+    /// Consecutive failed active checks (persistent instances).
+    check_failures: u8,
 }
 
 impl InstanceEntry {
@@ -176,6 +179,8 @@ pub struct RegistryStats {
     pub rejected: u64,
     /// Tombstones purged.
     pub purged: u64,
+    /// Health changes of persistent instances made by active checks.
+    pub checks_changed: u64,
 }
 
 /// How a heartbeat was taken.
@@ -205,6 +210,8 @@ pub(crate) struct Registry {
     local_changes: Vec<RecordRef>,
     /// Services whose visible content changed (to wake watchers).
     changed_services: BTreeSet<ServiceKey>,
+    /// Active health checks for the driver.
+    checks: std::collections::VecDeque<crate::health::HealthCheck>,
     /// A deliberate bug for the simulator: merge keeps the older record.
     #[cfg(feature = "sim")]
     pub(crate) bug_keep_older: bool,
@@ -236,6 +243,7 @@ impl Registry {
             stats: RegistryStats::default(),
             local_changes: Vec::new(),
             changed_services: BTreeSet::new(),
+            checks: std::collections::VecDeque::new(),
             #[cfg(feature = "sim")]
             bug_keep_older: false,
         }
@@ -441,6 +449,7 @@ impl Registry {
             timer: None,
             lease: CompactLease::from(Lease::defaults(&self.timings)),
             view: None,
+            check_failures: 0,
         };
         let Some(handle) = self.instances.insert(entry) else { return Err(full()) };
         let instances = &self.instances;
@@ -889,6 +898,7 @@ impl Registry {
     #[cfg(any(test, debug_assertions, feature = "invariants"))]
     #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
     pub(crate) fn check_invariants(&self) {
+        assert!(self.checks.len() <= self.limits.max_pending_checks, "pending checks bounded");
         self.check_indexes();
         self.check_counts_and_digest();
         self.check_timers();
@@ -993,7 +1003,7 @@ impl Registry {
         let mut expected = 0;
         for (i, e) in self.instances.iter() {
             let needs = match &e.state {
-                InstanceState::Live(d) => d.ephemeral,
+                InstanceState::Live(d) => d.ephemeral || e.lease.check() != crate::lease::CheckKind::None,
                 InstanceState::Removed { .. } => true,
             };
             assert_eq!(e.timer.is_some(), needs, "timer presence of instance {i}");
