@@ -11,25 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use muster_core::{Config, NodeId};
 use serde::Deserialize;
-
-/// The `muster` command line.
-#[derive(Debug, Parser)]
-#[command(name = "muster", version, about = "Muster service registry")]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands of `muster`.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Start a registry node (a single node with no flags, on 127.0.0.1:8848).
-    Serve(ServeArgs),
-}
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -459,12 +443,16 @@ fn random_seed() -> u64 {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
     fn parse(args: &[&str]) -> ServeArgs {
-        let mut all = vec!["muster", "serve"];
+        let mut all = vec!["muster-serve"];
         all.extend_from_slice(args);
-        match Cli::try_parse_from(all).unwrap().command {
-            Command::Serve(a) => a,
-        }
+        <Serve as clap::Parser>::try_parse_from(all).unwrap().args
     }
 
     #[test]

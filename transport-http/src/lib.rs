@@ -1,8 +1,8 @@
 //! The Muster production node: the HTTP transport around the sans-IO core.
 //!
-//! With the default feature `server` this crate holds the `muster` binary and
-//! everything it runs: configuration from flags, a TOML file and `MUSTER_*`
-//! variables ([`config`]), the driver task that owns the [`muster_core::Node`]
+//! With the feature `server` this crate holds the node and everything it
+//! runs (with `client` too, both on by default, the `muster` binary): configuration from flags, a TOML file and `MUSTER_*`
+//! variables (module `config`), the driver task that owns the [`muster_core::Node`]
 //! and feeds it the clock, client requests, peer messages and timeouts, the
 //! hyper server with its Filter (access log, request ids, body limit, tokens,
 //! long-poll limit), the JSON OpenAPI described in `docs/openapi.yaml`, the
@@ -21,10 +21,25 @@
 //!    polls are served from snapshots on the handler tasks and never queue
 //!    behind writes.
 //!
-//! Built with `--no-default-features` the crate holds no server; the client
-//! SDK will live beside it behind its own feature.
+//! # The client SDK
+//! With the feature `client` (on by default; alone with
+//! `default-features = false, features = ["client"]`, without the server),
+//! [`client`] is the Rust SDK: registration with a shared batched heartbeat,
+//! discovery with a long-polled cache, failover over the server list. With
+//! both features, module `cli` is the `muster` command line (`serve` and the
+//! client subcommands).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
+
+/// The README's Rust snippets, compiled as doctests.
+#[cfg(all(doctest, feature = "client"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
 
 #[cfg(feature = "server")]
 mod api;

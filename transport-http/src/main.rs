@@ -1,15 +1,19 @@
-//! `muster`: the Muster service registry node.
+//! `muster`: the Muster service registry node and its command-line client.
 //!
 //! `muster serve` starts a node; `muster serve --help` lists every setting.
+//! `muster register|deregister|beat|instances|services|watch|nodes|health`
+//! talk to running nodes (`muster help` lists them, with the exit codes).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use muster_transport_http::config::{Cli, Command, ServeArgs};
+use muster_transport_http::cli::{Cli, Command};
+use muster_transport_http::config::ServeArgs;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        client => muster_transport_http::cli::run(client),
     }
 }
 

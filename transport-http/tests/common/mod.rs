@@ -254,3 +254,118 @@ pub fn count(node: &Node, service: &str) -> usize {
 pub fn instance(service: &str, ip: &str, port: u16) -> String {
     format!(r#"{{"service":"{service}","ip":"{ip}","port":{port}}}"#)
 }
+
+/// The fast timings with the flags of `extra` replacing theirs, plus `extra`.
+pub fn fast_with(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = FAST
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0]))
+        .flat_map(|pair| pair.iter().map(|s| (*s).to_owned()))
+        .collect();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// One ready node with the fast timings, `extra` replacing or adding flags.
+pub fn single(name: &str, extra: &[&str]) -> Node {
+    let dir = scratch(name);
+    let node = Node::start(free_ports(1)[0], &fast_with(extra), &dir);
+    node.wait_ready(Duration::from_secs(10));
+    node
+}
+
+/// `n` ready nodes listing each other, with the fast timings and `extra`.
+pub fn cluster(name: &str, n: usize, extra: &[&str]) -> Vec<Node> {
+    let dir = scratch(name);
+    let secret = secret_file(&dir);
+    let ports = free_ports(n);
+    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut args = fast_with(extra);
+    args.extend([
+        "--peers".to_owned(),
+        peers,
+        "--cluster-secret-file".to_owned(),
+        secret.display().to_string(),
+    ]);
+    let nodes: Vec<Node> = ports.iter().map(|p| Node::start(*p, &args, &dir)).collect();
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(15));
+    }
+    nodes
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// `muster ARGS` with no `MUSTER_*` client variables inherited, stdout piped.
+    pub fn muster(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let child = muster_command(args, env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        Proc(child)
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `muster` binary with `args`, without inherited client variables.
+pub fn muster_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_muster"));
+    cmd.args(args).stdin(Stdio::null()).env_remove("RUST_LOG");
+    for var in ["MUSTER_SERVER", "MUSTER_NAMESPACE", "MUSTER_GROUP", "MUSTER_TOKEN_FILE", "MUSTER_TIMEOUT_MS"]
+    {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// What a finished `muster` command printed.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `muster ARGS` to the end (bounded: the client's own timeouts).
+pub fn run_muster(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let out = muster_command(args, env).output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `GET /v1/instances?service=...&extra` on `node`: its JSON.
+pub fn instances_where(node: &Node, service: &str, extra: &str) -> Value {
+    let r = node.get(&format!("/v1/instances?service={service}&{extra}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}

@@ -1,0 +1,424 @@
+//! The Muster Rust SDK: register instances, discover them, watch them change.
+//!
+//! Enable it with the `client` feature; it needs neither the server nor its
+//! dependencies:
+//!
+//! ```toml
+//! muster-transport-http = { version = "0.1", default-features = false, features = ["client"] }
+//! ```
+//!
+//! One [`Client`] per process, built from the list of registry nodes, does
+//! everything; clone it freely (clones share connections, heartbeats and the
+//! cache; [`Client::with_group`] and [`Client::with_namespace`] give clones
+//! that default to another group or namespace).
+//!
+//! - **Failover.** Requests go to one server; a connection error, a timeout
+//!   or a 5xx / 429 answer moves them to the next server at once, with
+//!   backoff for the one that failed; a server that recovers is used again.
+//! - **Providers.** [`Client::register`] returns a [`Registration`]: the
+//!   instance stays registered while the handle lives. All registrations of
+//!   a process share one batched heartbeat at the interval the server asks
+//!   for; an instance a server does not know (a restarted node) is
+//!   registered again at once, and so is every instance when the client moves
+//!   to another server. [`Registration::close`] deregisters; dropping the
+//!   handle deregisters in the background, best effort.
+//! - **Consumers.** [`Client::instances`] answers from a local cache kept
+//!   fresh by long polls (changes arrive within milliseconds); the cache keeps
+//!   answering while every server is down, optionally survives a restart of
+//!   the consumer through a snapshot on disk ([`ClientBuilder::snapshot_dir`]),
+//!   and is not wiped by the empty answer of a registry node that lost its
+//!   memory (see [`InstanceList::known`]). [`Client::subscribe`] streams the
+//!   lists as they change; [`Client::choose`] picks a serving instance by
+//!   weight.
+//!
+//! Everything is async on tokio; nothing panics; every failure is an
+//! [`Error`]. Spans: `muster_register`, `muster_heartbeats`,
+//! `muster_deregister`, `muster_watch`.
+//!
+//! # Provider
+//!
+//! ```no_run
+//! use muster_transport_http::client::{Client, InstanceSpec};
+//!
+//! # async fn run() -> Result<(), muster_transport_http::client::Error> {
+//! let client = Client::new("127.0.0.1:8848")?;
+//! let registration = client.register(InstanceSpec::new("orders", "10.0.0.7", 8080).weight(2.0)).await?;
+//! // ... serve until shutdown, then:
+//! registration.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Consumer
+//!
+//! ```no_run
+//! use muster_transport_http::client::Client;
+//!
+//! # async fn run() -> Result<(), muster_transport_http::client::Error> {
+//! let client = Client::new("127.0.0.1:8848,127.0.0.1:8849")?;
+//! let target = client.choose("orders").await?;       // weighted, healthy, enabled
+//! println!("calling http://{}/", target.addr());
+//! let mut changes = client.subscribe("orders").await?;
+//! while let Some(list) = changes.next().await {
+//!     println!("{} instances", list.instances.len());
+//! }
+//! # Ok(()) }
+//! ```
+
+mod choose;
+mod consumer;
+mod error;
+mod model;
+mod pool;
+mod provider;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::Method;
+use muster_core::model::{DEFAULT_GROUP, DEFAULT_NAMESPACE};
+use muster_core::{Field, Name};
+use tokio::sync::mpsc;
+
+pub use consumer::{QueryOptions, Subscription};
+pub use error::{Attempt, Error, Unavailable};
+pub use model::{
+    BeatOutcome, ClusterNodes, Instance, InstanceList, InstanceRef, InstanceSpec, InstanceUpdate,
+    ListServices, NodeInfo, Registered, ServerHealth, ServicePage, ServiceSummary,
+};
+pub use provider::Registration;
+
+use model::encode;
+use pool::{Call, Pool, PoolTimings};
+
+/// The default server address.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:8848";
+
+/// A client of a Muster registry: cheap to clone, all clones share one
+/// connection pool, one heartbeat task and one cache.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+    namespace: Arc<str>,
+    group: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Arc<Pool>,
+    settings: Settings,
+    /// The heartbeat task's commands, once a registration started it.
+    beater: Mutex<Option<mpsc::UnboundedSender<provider::Cmd>>>,
+    consumer: consumer::Consumer,
+    next_id: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    request_timeout: Duration,
+    watch_wait: Duration,
+    recovery_grace: Duration,
+    snapshot_dir: Option<PathBuf>,
+}
+
+/// Builds a [`Client`]; see [`Client::builder`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    servers: Vec<String>,
+    namespace: String,
+    group: String,
+    token: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    watch_wait: Duration,
+    recovery_grace: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    snapshot_dir: Option<PathBuf>,
+    spread: bool,
+}
+
+impl ClientBuilder {
+    /// The namespace of every call (default `public`).
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> ClientBuilder {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The group of every call (default `DEFAULT_GROUP`).
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> ClientBuilder {
+        self.group = group.into();
+        self
+    }
+
+    /// The bearer token sent with every request (the node's write token, or
+    /// its read token for a consumer that never writes).
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> ClientBuilder {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Longest wait for a TCP connection to one server (default 1 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for one server's answer before trying the next (default
+    /// 5 s; a watch waits this much longer than its own wait).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long one long poll waits for a change (default 30 s).
+    #[must_use]
+    pub fn watch_wait(mut self, wait: Duration) -> ClientBuilder {
+        self.watch_wait = wait;
+        self
+    }
+
+    /// How long the cache holds on to instances a server's answer lacks
+    /// when that answer comes from a server that holds no record of the
+    /// service (it lost its memory), or from another server than the last
+    /// one (a failover, where the new server may have missed the newest
+    /// registrations of the dead one): the list shrinks only when the missing
+    /// instances do not come back (providers register again) within this
+    /// time (default 10 s: two default heartbeat intervals). Growth and
+    /// changes are taken at once.
+    #[must_use]
+    pub fn recovery_grace(mut self, grace: Duration) -> ClientBuilder {
+        self.recovery_grace = grace;
+        self
+    }
+
+    /// Backoff of a server that failed: first `min`, doubling per failure
+    /// in a row up to `max` (defaults 250 ms and 5 s). A server in backoff
+    /// is tried only after the others.
+    #[must_use]
+    pub fn backoff(mut self, min: Duration, max: Duration) -> ClientBuilder {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Keeps a snapshot of every watched service's list in `dir`, and starts
+    /// from it when no server answers (like Nacos failover files).
+    #[must_use]
+    pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> ClientBuilder {
+        self.snapshot_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts at a random server instead of the first, to spread many
+    /// clients over the cluster (default: the first, in the order given).
+    #[must_use]
+    pub fn spread(mut self, spread: bool) -> ClientBuilder {
+        self.spread = spread;
+        self
+    }
+
+    /// Checks the settings and builds the client. Needs no runtime; the
+    /// first registration or watch does.
+    pub fn build(self) -> Result<Client, Error> {
+        Name::parse(Field::Namespace, &self.namespace)?;
+        Name::parse(Field::Group, &self.group)?;
+        for (field, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("watch_wait", self.watch_wait),
+            ("backoff", self.backoff_min),
+        ] {
+            if d.is_zero() {
+                return Err(Error::invalid(field, "must be greater than zero"));
+            }
+        }
+        let timings = PoolTimings {
+            connect_timeout: self.connect_timeout,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        };
+        let pool = Pool::new(&self.servers, self.token.as_deref(), timings)?;
+        if self.spread {
+            pool.set_current(fastrand::usize(..pool.len()));
+        }
+        let settings = Settings {
+            request_timeout: self.request_timeout,
+            watch_wait: self.watch_wait,
+            recovery_grace: self.recovery_grace,
+            snapshot_dir: self.snapshot_dir,
+        };
+        let inner = Inner {
+            pool: Arc::new(pool),
+            settings,
+            beater: Mutex::new(None),
+            consumer: consumer::Consumer::default(),
+            next_id: AtomicU64::new(0),
+        };
+        Ok(Client { inner: Arc::new(inner), namespace: self.namespace.into(), group: self.group.into() })
+    }
+}
+
+impl Client {
+    /// A client of the servers in `servers`, comma-separated `host:port`
+    /// (port 8848 if left out), with every other setting at its default.
+    pub fn new(servers: &str) -> Result<Client, Error> {
+        Client::builder(servers.split(',').map(str::trim).filter(|s| !s.is_empty())).build()
+    }
+
+    /// A builder over `servers`, tried in the order given.
+    pub fn builder<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> ClientBuilder {
+        ClientBuilder {
+            servers: servers.into_iter().map(Into::into).collect(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            group: DEFAULT_GROUP.to_owned(),
+            token: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            watch_wait: Duration::from_secs(30),
+            recovery_grace: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(5),
+            snapshot_dir: None,
+            spread: false,
+        }
+    }
+
+    /// A clone whose calls use `group` (validated).
+    pub fn with_group(&self, group: &str) -> Result<Client, Error> {
+        Name::parse(Field::Group, group)?;
+        Ok(Client { group: group.into(), ..self.clone() })
+    }
+
+    /// A clone whose calls use `namespace` (validated).
+    pub fn with_namespace(&self, namespace: &str) -> Result<Client, Error> {
+        Name::parse(Field::Namespace, namespace)?;
+        Ok(Client { namespace: namespace.into(), ..self.clone() })
+    }
+
+    /// The namespace of this client's calls.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The group of this client's calls.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The servers, `host:port`, in the order they are tried.
+    pub fn servers(&self) -> Vec<String> {
+        (0..self.inner.pool.len()).map(|i| self.inner.pool.addr(i).to_owned()).collect()
+    }
+
+    /// The server requests go to now.
+    pub fn current_server(&self) -> String {
+        self.inner.pool.addr(self.inner.pool.current()).to_owned()
+    }
+
+    /// How many times the client moved to another server.
+    pub fn failovers(&self) -> u64 {
+        self.inner.pool.switches()
+    }
+
+    /// A page of the service listing of this client's namespace.
+    pub async fn services(&self, list: &ListServices) -> Result<ServicePage, Error> {
+        let mut path = format!("/v1/services?namespace={}", encode(&self.namespace));
+        if let Some(g) = &list.group {
+            Name::parse(Field::Group, g)?;
+            path.push_str(&format!("&group={}", encode(g)));
+        }
+        if let Some(s) = list.search.as_deref().filter(|s| !s.is_empty()) {
+            path.push_str(&format!("&search={}", encode(s)));
+        }
+        for (name, value) in [("page", list.page), ("page_size", list.page_size)] {
+            match value {
+                Some(0) => return Err(Error::invalid(name, "must be 1 or more")),
+                Some(n) => path.push_str(&format!("&{name}={n}")),
+                None => {}
+            }
+        }
+        let call = Call::new(Method::GET, path, self.inner.settings.request_timeout);
+        Ok(self.inner.pool.json(&call).await?.0)
+    }
+
+    /// The cluster's members as the first reachable server sees them.
+    pub async fn nodes(&self) -> Result<ClusterNodes, Error> {
+        let call = Call::new(Method::GET, "/v1/cluster/nodes", self.inner.settings.request_timeout);
+        Ok(self.inner.pool.json(&call).await?.0)
+    }
+
+    /// Asks every server, in turn and without failover, whether it is live
+    /// and ready.
+    pub async fn health(&self) -> Vec<ServerHealth> {
+        let pool = &self.inner.pool;
+        let timeout = self.inner.settings.request_timeout;
+        let mut out = Vec::with_capacity(pool.len());
+        for i in 0..pool.len() {
+            let server = pool.addr(i).to_owned();
+            let live = pool.send_to(i, &Call::new(Method::GET, "/health/live", timeout)).await;
+            let health = match live {
+                Err(reason) => ServerHealth { server, live: false, ready: false, problem: Some(reason) },
+                Ok(a) if !a.status.is_success() => ServerHealth {
+                    server,
+                    live: false,
+                    ready: false,
+                    problem: Some(format!("/health/live answered {}", a.status)),
+                },
+                Ok(_) => match pool.send_to(i, &Call::new(Method::GET, "/health/ready", timeout)).await {
+                    Ok(a) if a.status.is_success() => {
+                        ServerHealth { server, live: true, ready: true, problem: None }
+                    }
+                    Ok(a) => {
+                        let why = pool.decode::<serde_json::Value>(&a).err().map(|e| e.to_string());
+                        ServerHealth { server, live: true, ready: false, problem: why }
+                    }
+                    Err(reason) => ServerHealth { server, live: true, ready: false, problem: Some(reason) },
+                },
+            };
+            out.push(health);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_built_from_a_comma_list_without_a_runtime() {
+        let c = Client::new("127.0.0.1:1, localhost ,[::1]:3").unwrap();
+        assert_eq!(c.servers(), ["127.0.0.1:1", "localhost:8848", "[::1]:3"]);
+        assert_eq!(c.current_server(), "127.0.0.1:1");
+        assert_eq!((c.namespace(), c.group()), ("public", "DEFAULT_GROUP"));
+        let g = c.with_group("payments").unwrap();
+        assert_eq!(g.group(), "payments");
+        assert!(c.with_group("bad group").is_err());
+        assert!(Client::new("").is_err());
+        assert!(Client::builder(["a:1"]).namespace("no/slash").build().is_err());
+        assert!(Client::builder(["a:1"]).request_timeout(Duration::ZERO).build().is_err());
+    }
+
+    #[tokio::test]
+    async fn calls_to_no_server_fail_as_unavailable_and_name_each_server() {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let c = Client::builder(ports.iter().map(|p| format!("127.0.0.1:{p}"))).build().unwrap();
+        let e = c.instances("orders").await.unwrap_err();
+        let Error::Unavailable(u) = &e else { panic!("{e:?}") };
+        assert_eq!(u.attempts.len(), 2, "{e}");
+        assert!(e.to_string().contains(&format!("127.0.0.1:{}", ports[1])), "{e}");
+        let e = c.instances("bad name").await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+        let health = c.health().await;
+        assert!(health.iter().all(|h| !h.live && h.problem.is_some()), "{health:?}");
+    }
+}

@@ -1,0 +1,465 @@
+//! Failover over the server list.
+//!
+//! Requests go to the current server. A connection error, a timeout, or a
+//! 5xx / 429 answer (starting, overloaded, shutting down, too many watches)
+//! puts that server in backoff and the same request goes to the next one at
+//! once; the first server that answers becomes current. A server in backoff
+//! is tried only after every other one, so a dead server costs nothing while
+//! a live one exists, and a recovered server is used again as soon as its
+//! backoff ends (or at once, when it is the only one left). Every request the
+//! SDK sends is idempotent, so repeating it on another server is safe.
+
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::error::{Attempt, Error, Unavailable};
+
+/// The port of a server address given without one.
+pub(crate) const DEFAULT_PORT: u16 = 8848;
+/// Largest answer body read, bytes.
+const ANSWER_BYTES_MAX: usize = 64 << 20;
+const USER_AGENT_VALUE: &str = concat!("muster-sdk/", env!("CARGO_PKG_VERSION"));
+
+type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
+
+/// Timings of the pool.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolTimings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+/// The servers, their health and one pooled HTTP/1 client.
+pub(crate) struct Pool {
+    servers: Vec<Server>,
+    http: HttpClient,
+    auth: Option<HeaderValue>,
+    current: AtomicUsize,
+    switches: AtomicU64,
+    timings: PoolTimings,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("servers", &self.servers.iter().map(|s| &s.addr).collect::<Vec<_>>())
+            .field("current", &self.current.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Server {
+    /// `host:port`.
+    addr: String,
+    health: Mutex<Health>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Health {
+    /// Failures in a row.
+    failures: u32,
+    /// Tried only after the others until then.
+    backoff_until: Option<Instant>,
+}
+
+/// One request, ready to be sent to any server.
+#[derive(Clone, Debug)]
+pub(crate) struct Call {
+    pub(crate) method: Method,
+    /// Path and query.
+    pub(crate) path: String,
+    pub(crate) body: Option<Bytes>,
+    /// Longest wait for the whole answer from one server.
+    pub(crate) timeout: Duration,
+}
+
+impl Call {
+    pub(crate) fn new(method: Method, path: impl Into<String>, timeout: Duration) -> Call {
+        Call { method, path: path.into(), body: None, timeout }
+    }
+
+    /// The same call with a JSON body.
+    pub(crate) fn json(mut self, body: &impl Serialize) -> Result<Call, Error> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Error::invalid("body", e.to_string()))?;
+        self.body = Some(Bytes::from(bytes));
+        Ok(self)
+    }
+}
+
+/// A server's answer that is not a reason to fail over: 1xx to 4xx but 429.
+#[derive(Clone, Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    /// Index of the server that answered.
+    pub(crate) server: usize,
+}
+
+impl Pool {
+    /// A pool over `servers` (`host:port`, `host` for port 8848, or
+    /// `http://host:port`), in the order given.
+    pub(crate) fn new(servers: &[String], token: Option<&str>, timings: PoolTimings) -> Result<Pool, Error> {
+        if servers.is_empty() {
+            return Err(Error::invalid("server", "give at least one server address, e.g. 127.0.0.1:8848"));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| Ok(Server { addr: parse_server(s)?, health: Mutex::new(Health::default()) }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let auth = token
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| Error::invalid("token", "must be printable ASCII without line breaks"))
+            })
+            .transpose()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timings.connect_timeout));
+        connector.set_nodelay(true);
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Pool { servers, http, auth, current: AtomicUsize::new(0), switches: AtomicU64::new(0), timings })
+    }
+
+    /// Number of servers.
+    pub(crate) fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// A server's address.
+    pub(crate) fn addr(&self, i: usize) -> &str {
+        self.servers.get(i).map_or("", |s| s.addr.as_str())
+    }
+
+    /// The server requests go to first.
+    pub(crate) fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Starts at server `i` instead of the first one.
+    pub(crate) fn set_current(&self, i: usize) {
+        if i < self.servers.len() {
+            self.current.store(i, Ordering::Release);
+        }
+    }
+
+    /// How many times the current server changed.
+    pub(crate) fn switches(&self) -> u64 {
+        self.switches.load(Ordering::Acquire)
+    }
+
+    /// The order to try servers in: from the current one on, those in
+    /// backoff last (earliest end of backoff first).
+    fn order(&self) -> Vec<usize> {
+        let n = self.servers.len();
+        let start = self.current();
+        let now = Instant::now();
+        let mut ready = Vec::with_capacity(n);
+        let mut waiting = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            match self.health(i).backoff_until {
+                Some(until) if until > now => waiting.push((until, i)),
+                _ => ready.push(i),
+            }
+        }
+        waiting.sort();
+        ready.extend(waiting.into_iter().map(|(_, i)| i));
+        ready
+    }
+
+    fn health(&self, i: usize) -> Health {
+        self.servers
+            .get(i)
+            .map(|s| *s.health.lock().unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or_default()
+    }
+
+    fn failed(&self, i: usize) {
+        let Some(server) = self.servers.get(i) else { return };
+        let mut h = server.health.lock().unwrap_or_else(PoisonError::into_inner);
+        h.failures = h.failures.saturating_add(1);
+        let backoff = backoff(self.timings.backoff_min, self.timings.backoff_max, h.failures);
+        h.backoff_until = Some(later(Instant::now(), backoff));
+    }
+
+    fn succeeded(&self, i: usize) {
+        let Some(server) = self.servers.get(i) else { return };
+        *server.health.lock().unwrap_or_else(PoisonError::into_inner) = Health::default();
+        let before = self.current.swap(i, Ordering::AcqRel);
+        if before != i {
+            self.switches.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(from = self.addr(before), to = %server.addr, "muster client moved to another server");
+        }
+    }
+
+    /// Sends `call` to the servers in turn until one answers without a
+    /// reason to fail over.
+    pub(crate) async fn send(&self, call: &Call) -> Result<Answer, Error> {
+        let mut attempts = Vec::new();
+        for i in self.order() {
+            match self.send_to(i, call).await {
+                Ok(answer) if !fail_over(answer.status) => {
+                    self.succeeded(i);
+                    return Ok(answer);
+                }
+                Ok(answer) => {
+                    self.failed(i);
+                    let reason = format!("{} {}", answer.status.as_u16(), error_message(&answer.body));
+                    tracing::debug!(server = self.addr(i), %reason, "server refused; trying the next");
+                    attempts.push(Attempt { server: self.addr(i).to_owned(), reason });
+                }
+                Err(reason) => {
+                    self.failed(i);
+                    tracing::debug!(server = self.addr(i), %reason, "server unreachable; trying the next");
+                    attempts.push(Attempt { server: self.addr(i).to_owned(), reason });
+                }
+            }
+        }
+        Err(Error::Unavailable(Unavailable { attempts }))
+    }
+
+    /// Sends `call` to server `i` only; `Err` is why it could not be reached.
+    pub(crate) async fn send_to(&self, i: usize, call: &Call) -> Result<Answer, String> {
+        let addr = self.addr(i);
+        let uri: Uri =
+            format!("http://{addr}{}", call.path).parse().map_err(|e| format!("bad request URI: {e}"))?;
+        let mut req =
+            Request::builder().method(call.method.clone()).uri(uri).header(USER_AGENT, USER_AGENT_VALUE);
+        if call.body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let req = req
+            .body(Full::new(call.body.clone().unwrap_or_default()))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| describe_request_error(&e))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| format!("answer cut off: {}", describe(&*e)))?
+                .to_bytes();
+            Ok(Answer { status, body, server: i })
+        };
+        match tokio::time::timeout(call.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} ms", call.timeout.as_millis())),
+        }
+    }
+
+    /// Sends `call` with failover and decodes a 2xx JSON answer; other
+    /// statuses become their [`Error`].
+    pub(crate) async fn json<T: DeserializeOwned>(&self, call: &Call) -> Result<(T, usize), Error> {
+        let answer = self.send(call).await?;
+        let value = self.decode(&answer)?;
+        Ok((value, answer.server))
+    }
+
+    /// Decodes a 2xx JSON answer, or turns another status into its error.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, answer: &Answer) -> Result<T, Error> {
+        if !answer.status.is_success() {
+            return Err(api_error(self.addr(answer.server), answer.status, &answer.body));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol {
+            server: self.addr(answer.server).to_owned(),
+            message: format!(
+                "{e} in {:?}",
+                String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)])
+            ),
+        })
+    }
+}
+
+/// Whether a status is a reason to try the next server.
+fn fail_over(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// `now + d`, for any `d` (capped at a day, never overflowing).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    const DAY: Duration = Duration::from_secs(86_400);
+    now.checked_add(d.min(DAY)).unwrap_or(now)
+}
+
+/// `min * 2^(failures - 1)`, capped at `max`.
+pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(20);
+    min.saturating_mul(1u32 << shift).min(max)
+}
+
+/// Normalises a server address to `host:port`.
+pub(crate) fn parse_server(s: &str) -> Result<String, Error> {
+    let bad = |why: &str| {
+        Error::invalid("server", format!("{why}; give host:port such as 127.0.0.1:8848, got {s:?}"))
+    };
+    let trimmed = s.trim();
+    if trimmed.starts_with("https://") {
+        return Err(bad("https is not supported (put TLS in a proxy in front of the node)"));
+    }
+    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed).trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(bad("not an address"));
+    }
+    let uri: Uri = format!("http://{rest}/").parse().map_err(|_| bad("not an address"))?;
+    let authority = uri.authority().ok_or_else(|| bad("not an address"))?;
+    let port_given = rest.contains(':') && !rest.ends_with(']');
+    match authority.port_u16() {
+        Some(0) => Err(bad("the port must be 1 to 65535")),
+        Some(_) => Ok(authority.as_str().to_owned()),
+        None if port_given => Err(bad("the port must be 1 to 65535")),
+        None => Ok(format!("{}:{DEFAULT_PORT}", authority.as_str())),
+    }
+}
+
+/// A failed exchange: `cannot connect: Connection refused (os error 111)`,
+/// or the error with its causes.
+fn describe_request_error(e: &hyper_util::client::legacy::Error) -> String {
+    if !e.is_connect() {
+        return describe(e);
+    }
+    let mut deepest: &(dyn StdError + 'static) = e;
+    while let Some(s) = deepest.source() {
+        deepest = s;
+    }
+    format!("cannot connect: {deepest}")
+}
+
+/// A transport error with its causes: `connection refused`, not just `client error (Connect)`.
+fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The `message` of an error body, or the start of the body.
+fn error_message(body: &[u8]) -> String {
+    parse_error(body)
+        .map_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(), |e| e.message)
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+fn parse_error(body: &[u8]) -> Option<ErrorDetail> {
+    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
+}
+
+/// The [`Error`] of a non-2xx answer.
+fn api_error(server: &str, status: StatusCode, body: &[u8]) -> Error {
+    let detail = parse_error(body).unwrap_or_else(|| ErrorDetail {
+        code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
+        message: error_message(body),
+        field: None,
+    });
+    match status {
+        StatusCode::BAD_REQUEST => Error::InvalidInput {
+            field: detail.field.unwrap_or_else(|| "body".to_owned()),
+            message: detail.message,
+        },
+        StatusCode::UNAUTHORIZED => Error::Unauthorized { message: detail.message },
+        StatusCode::NOT_FOUND => Error::NotFound { message: detail.message },
+        _ => Error::Refused {
+            server: server.to_owned(),
+            status: status.as_u16(),
+            code: detail.code,
+            message: detail.message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_are_normalised_or_refused_with_an_example() {
+        assert_eq!(parse_server("127.0.0.1:8849").unwrap(), "127.0.0.1:8849");
+        assert_eq!(parse_server("http://node-1:9000/").unwrap(), "node-1:9000");
+        assert_eq!(parse_server("localhost").unwrap(), "localhost:8848");
+        assert_eq!(parse_server("[::1]:7000").unwrap(), "[::1]:7000");
+        for bad in ["", "https://x:1", "a b:1", "x:", "x:0", "x:99999", "h/p:1", "u@h:1"] {
+            let e = parse_server(bad).unwrap_err();
+            assert!(e.to_string().contains("127.0.0.1:8848"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let b: Vec<u128> = (1..=6).map(|n| backoff(min, max, n).as_millis()).collect();
+        assert_eq!(b, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(min, max, u32::MAX), max);
+    }
+
+    #[test]
+    fn error_answers_map_to_typed_errors() {
+        let body =
+            br#"{"error":{"code":"invalid_input","message":"port: must be 1 to 65535","field":"port"}}"#;
+        assert_eq!(
+            api_error("a:1", StatusCode::BAD_REQUEST, body),
+            Error::invalid("port", "port: must be 1 to 65535")
+        );
+        let body = br#"{"error":{"code":"instance_not_found","message":"no such instance"}}"#;
+        assert!(api_error("a:1", StatusCode::NOT_FOUND, body).is_not_found());
+        let e = api_error("a:1", StatusCode::CONFLICT, b"not json");
+        assert!(matches!(e, Error::Refused { status: 409, ref code, .. } if code == "conflict"), "{e:?}");
+        assert!(fail_over(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(fail_over(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!fail_over(StatusCode::NOT_FOUND));
+    }
+
+    #[tokio::test]
+    async fn servers_in_backoff_are_tried_last_and_success_makes_a_server_current() {
+        let servers: Vec<String> = ["a:1", "b:2", "c:3"].iter().map(|s| (*s).to_owned()).collect();
+        let timings = PoolTimings {
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(10),
+        };
+        let pool = Pool::new(&servers, None, timings).unwrap();
+        assert_eq!(pool.order(), [0, 1, 2]);
+        pool.failed(0);
+        assert_eq!(pool.order(), [1, 2, 0]);
+        pool.succeeded(2);
+        assert_eq!((pool.current(), pool.switches()), (2, 1));
+        assert_eq!(pool.order(), [2, 1, 0]);
+        pool.succeeded(0);
+        assert_eq!(pool.order(), [0, 1, 2]);
+    }
+}
