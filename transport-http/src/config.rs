@@ -86,6 +86,12 @@ pub struct ServeArgs {
     /// How long a starting node waits on one peer before asking the next, ms [default: 1000].
     #[arg(long, env = "MUSTER_SNAPSHOT_RETRY_MS", value_name = "MS")]
     pub snapshot_retry_ms: Option<u64>,
+    /// How often the responsible node checks each persistent instance, ms [default: 5000].
+    #[arg(long, env = "MUSTER_HEALTH_CHECK_INTERVAL_MS", value_name = "MS")]
+    pub health_check_interval_ms: Option<u64>,
+    /// Timeout of one active health check (TCP connect or HTTP GET), ms [default: 2000].
+    #[arg(long, env = "MUSTER_HEALTH_CHECK_TIMEOUT_MS", value_name = "MS")]
+    pub health_check_timeout_ms: Option<u64>,
     /// How long deletions are remembered, ms [default: 600000].
     #[arg(long, env = "MUSTER_TOMBSTONE_TTL_MS", value_name = "MS")]
     pub tombstone_ttl_ms: Option<u64>,
@@ -213,6 +219,7 @@ pub(crate) struct HttpSettings {
     pub(crate) peer_queue: usize,
     pub(crate) peer_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) health_check_timeout: Duration,
 }
 
 /// Validated settings of one node.
@@ -259,7 +266,8 @@ impl ServeArgs {
             listen, advertise, peers, cluster_secret_file, write_token_file, read_token_file,
             heartbeat_interval_ms, unhealthy_after_ms, remove_after_ms, sync_delay_ms,
             anti_entropy_interval_ms, ping_interval_ms, suspect_after_ms, down_after_ms,
-            startup_timeout_ms, snapshot_retry_ms, tombstone_ttl_ms,
+            startup_timeout_ms, snapshot_retry_ms, tombstone_ttl_ms, health_check_interval_ms,
+            health_check_timeout_ms,
             max_body_bytes, max_long_polls, max_wait_ms, request_queue, peer_queue, peer_timeout_ms,
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
@@ -356,6 +364,7 @@ impl ServeArgs {
         t.startup_timeout = ms(self.startup_timeout_ms, t.startup_timeout);
         t.snapshot_retry = ms(self.snapshot_retry_ms, t.snapshot_retry);
         t.tombstone_ttl = ms(self.tombstone_ttl_ms, t.tombstone_ttl);
+        t.health_check_interval = ms(self.health_check_interval_ms, t.health_check_interval);
         let l = &mut c.limits;
         let n = |v: Option<usize>, d: usize| v.unwrap_or(d);
         l.max_instances = n(self.max_instances, l.max_instances);
@@ -391,6 +400,11 @@ impl ServeArgs {
             peer_queue: positive("peer_queue", self.peer_queue, 4_096)?,
             peer_timeout: positive_ms("peer_timeout_ms", self.peer_timeout_ms, 2_000)?,
             shutdown_timeout: positive_ms("shutdown_timeout_ms", self.shutdown_timeout_ms, 10_000)?,
+            health_check_timeout: positive_ms(
+                "health_check_timeout_ms",
+                self.health_check_timeout_ms,
+                2_000,
+            )?,
         })
     }
 }

@@ -31,6 +31,7 @@ use muster_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::checker::{CheckOutcome, Checker};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -139,6 +140,9 @@ pub(crate) struct Driver {
     /// Answers held until the turn's views are published, so that a client
     /// reads its own write from the snapshot (unless publication is behind).
     replies: Vec<(Answer, Result<Reply, RequestError>)>,
+    /// Performs the core's active health checks.
+    checker: Checker,
+    check_outcomes: mpsc::Receiver<CheckOutcome>,
 }
 
 impl Driver {
@@ -150,7 +154,9 @@ impl Driver {
         peers: Arc<Peers>,
         snapshots: Arc<Snapshots>,
         metrics: Arc<Metrics>,
+        check_timeout: Duration,
     ) -> (Driver, DriverHandle) {
+        let (checker, check_outcomes) = Checker::new(check_timeout, Arc::clone(&metrics));
         let (ctx, crx) = mpsc::channel(queue);
         let (ptx, prx) = mpsc::channel(queue);
         let driver = Driver {
@@ -166,6 +172,8 @@ impl Driver {
             events_dropped: 0,
             publish_at: Instant::now(),
             replies: Vec::new(),
+            checker,
+            check_outcomes,
         };
         (driver, DriverHandle { commands: ctx, peer: ptx })
     }
@@ -187,6 +195,7 @@ impl Driver {
                 () = &mut sleep => {}
                 Some(input) = self.peer.recv() => self.on_peer(input),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(outcome) = self.check_outcomes.recv() => self.on_check(outcome),
                 else => break,
             }
             self.take_batch();
@@ -250,6 +259,12 @@ impl Driver {
         self.drain();
     }
 
+    fn on_check(&mut self, outcome: CheckOutcome) {
+        let now = self.clock.now();
+        self.node.handle_health_check(now, &outcome.key, outcome.passed);
+        self.drain();
+    }
+
     fn on_command(&mut self, cmd: Command) {
         let now = self.clock.now();
         match cmd {
@@ -285,6 +300,9 @@ impl Driver {
         }
         while let Some(event) = self.node.poll_event() {
             self.on_event(event);
+        }
+        while let Some(check) = self.node.poll_health_check() {
+            self.checker.start(check);
         }
         let dropped = self.node.stats().events_dropped;
         if dropped > self.events_dropped {

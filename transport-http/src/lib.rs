@@ -44,6 +44,8 @@ mod readme {}
 #[cfg(feature = "server")]
 mod api;
 #[cfg(feature = "server")]
+mod checker;
+#[cfg(feature = "server")]
 mod clock;
 #[cfg(feature = "server")]
 pub mod config;

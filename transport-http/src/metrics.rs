@@ -48,6 +48,12 @@ pub(crate) struct Metrics {
     pub(crate) watchers: AtomicUsize,
     /// Times the expiry brake engaged.
     pub(crate) brake_engagements: AtomicU64,
+    /// Active health checks that passed.
+    pub(crate) health_checks_passed: AtomicU64,
+    /// Active health checks that failed (refused, timed out, bad status).
+    pub(crate) health_checks_failed: AtomicU64,
+    /// Active health checks skipped because every slot was busy.
+    pub(crate) health_checks_skipped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -64,6 +70,9 @@ impl Default for Metrics {
             peer_messages_refused: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
             brake_engagements: AtomicU64::new(0),
+            health_checks_passed: AtomicU64::new(0),
+            health_checks_failed: AtomicU64::new(0),
+            health_checks_skipped: AtomicU64::new(0),
         }
     }
 }
@@ -204,6 +213,15 @@ impl Metrics {
             self.watchers.load(Ordering::Relaxed) as u64,
         );
         counter(&mut out, "muster_pauses_total", "Pauses of the node's own clock detected.", s.pauses);
+        let name = "muster_health_checks_total";
+        header(&mut out, name, "Active health checks of persistent instances, by result.", "counter");
+        for (result, v) in [
+            ("passed", &self.health_checks_passed),
+            ("failed", &self.health_checks_failed),
+            ("skipped", &self.health_checks_skipped),
+        ] {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+        }
         counter(
             &mut out,
             "muster_events_dropped_total",

@@ -86,6 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         Arc::clone(&peers),
         Arc::clone(&snapshots),
         Arc::clone(&metrics),
+        settings.http.health_check_timeout,
     );
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
