@@ -279,6 +279,11 @@ impl Node {
         NodeStats { registry: self.registry.stats(), pending_changes: self.pending.len(), ..self.stats }
     }
 
+    /// Events dropped because their queue was full (cheap; `stats` is not).
+    pub fn events_dropped(&self) -> u64 {
+        self.stats.events_dropped
+    }
+
     /// Every record held, tombstones included (tests, simulator, debugging).
     pub fn records(&self) -> Vec<Record> {
         self.registry.all_records()

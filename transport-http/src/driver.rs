@@ -9,8 +9,9 @@
 //! [`TIMEOUTS_MAX`] timeout rounds, so neither clients, peers nor timers can
 //! starve the others.
 //!
-//! Views of changed services are published at the end of a turn, before the
-//! turn's answers are sent, so a client that reads after its write sees it.
+//! Views of changed services that clients read (see `snapshot.rs`) are
+//! published at the end of a turn, before the turn's answers are sent, so a
+//! client that reads after its write sees it.
 //! A view costs O(instances) to rebuild, so publication is held to half of
 //! the driver's time: after a round that took `P` (at most about
 //! [`PUBLISH_SLICE`]), the next starts no sooner than `P` later, and the
@@ -26,7 +27,7 @@ use std::time::Duration;
 use muster_core::message::encode;
 use muster_core::{
     Event, MemberView, Node, NodeId, NodeStats, PeerMessage, Reply, Request, RequestError, ServiceKey,
-    ServiceUpdate, Timestamp,
+    ServiceUpdate, ServiceView, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -66,6 +67,8 @@ pub(crate) enum Command {
     PutService(ServiceKey, ServiceUpdate, Answer),
     /// The node's status.
     Status(oneshot::Sender<Status>),
+    /// Publish a service's view (first read or watch) and answer with it.
+    LoadView(ServiceKey, bool, oneshot::Sender<Arc<ServiceView>>),
 }
 
 /// A decoded message from a peer.
@@ -102,6 +105,19 @@ impl DriverHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::PutService(key, upd, tx))?;
         rx.await.map_err(|_| ApiError::shutting_down())?.map_err(ApiError::from)
+    }
+
+    /// Publishes a service's view, which the driver keeps fresh from then
+    /// on, and returns it. `watched`: keep it published even while the node
+    /// does not know the service.
+    pub(crate) async fn load_view(
+        &self,
+        key: ServiceKey,
+        watched: bool,
+    ) -> Result<Arc<ServiceView>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::LoadView(key, watched, tx))?;
+        rx.await.map_err(|_| ApiError::shutting_down())
     }
 
     /// The node's status.
@@ -278,6 +294,11 @@ impl Driver {
                 self.drain();
                 self.replies.push((tx, result));
             }
+            Command::LoadView(key, watched, tx) => {
+                let view = self.node.service_view(&key);
+                self.snapshots.insert(Arc::clone(&view), watched);
+                let _ = tx.send(view);
+            }
             Command::Status(tx) => {
                 let _ = tx.send(Status {
                     stats: self.node.stats(),
@@ -304,7 +325,7 @@ impl Driver {
         while let Some(check) = self.node.poll_health_check() {
             self.checker.start(check);
         }
-        let dropped = self.node.stats().events_dropped;
+        let dropped = self.node.events_dropped();
         if dropped > self.events_dropped {
             self.events_dropped = dropped;
             self.republish_all();
@@ -316,7 +337,6 @@ impl Driver {
     fn republish_all(&mut self) {
         tracing::warn!("core events were dropped; republishing every service view");
         self.dirty.extend(self.snapshots.keys());
-        self.dirty.extend(self.node.service_keys());
     }
 
     fn on_event(&mut self, event: Event) {
@@ -365,6 +385,10 @@ impl Driver {
         if !self.dirty.is_empty() && (force || start >= self.publish_at) {
             let mut views = Vec::new();
             while let Some(key) = self.dirty.pop() {
+                // Only services someone has read are published (see snapshot.rs).
+                if !self.snapshots.contains(&key) {
+                    continue;
+                }
                 views.push(self.node.service_view(&key));
                 if !force && start.elapsed() >= PUBLISH_SLICE {
                     break;

@@ -1,22 +1,47 @@
-//! Published read snapshots: the latest view of every service, and whether
-//! the node is ready.
+//! Published read snapshots: the latest view of every service clients read
+//! or watch, and whether the node is ready.
 //!
-//! The driver publishes [`ServiceView`]s after each batch of inputs; handler
-//! tasks select from them ([`ServiceView::select`]) without going through
-//! the driver, so reads never queue behind writes. Each service has a watch
-//! channel that long polls wait on.
+//! Views are published on demand: the first read or watch of a service asks
+//! the driver for its view ([`crate::driver::DriverHandle::load_view`]), which
+//! publishes it; from then on the driver republishes it after each batch of
+//! inputs that changed the service, and handler tasks select from it
+//! ([`ServiceView::select`]) without going through the driver, so reads
+//! never queue behind writes. Services nobody reads cost no view at all.
+//! Each published service has a watch channel that long polls wait on, and
+//! keeps the rendered JSON of its two common answers (all instances, healthy
+//! only) once rendered.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
+use bytes::Bytes;
 use muster_core::{ServiceKey, ServiceView};
 use tokio::sync::watch;
+
+/// A published view with its rendered common answers.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) view: Arc<ServiceView>,
+    /// JSON bodies of the answers without a cluster filter: `[all, healthy only]`.
+    bodies: [OnceLock<Bytes>; 2],
+}
+
+impl Published {
+    pub(crate) fn new(view: Arc<ServiceView>) -> Arc<Published> {
+        Arc::new(Published { view, bodies: [OnceLock::new(), OnceLock::new()] })
+    }
+
+    /// The body of a common answer, rendered once per view.
+    pub(crate) fn body(&self, healthy_only: bool, render: impl FnOnce() -> Bytes) -> Bytes {
+        self.bodies[usize::from(healthy_only)].get_or_init(render).clone()
+    }
+}
 
 /// The latest views, shared by the driver (writer) and the handlers.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshots {
-    services: RwLock<HashMap<ServiceKey, watch::Sender<Arc<ServiceView>>>>,
+    services: RwLock<HashMap<ServiceKey, watch::Sender<Arc<Published>>>>,
     ready: AtomicBool,
 }
 
@@ -31,24 +56,20 @@ impl Snapshots {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// The latest view of a service; an empty one if it has none.
-    pub(crate) fn view(&self, key: &ServiceKey) -> Arc<ServiceView> {
+    /// The latest published view of a service, if it has one.
+    pub(crate) fn get(&self, key: &ServiceKey) -> Option<Arc<Published>> {
         let map = self.services.read().unwrap_or_else(PoisonError::into_inner);
-        match map.get(key) {
-            Some(tx) => Arc::clone(&tx.borrow()),
-            None => Arc::new(ServiceView::empty(key.clone())),
-        }
+        map.get(key).map(|tx| Arc::clone(&tx.borrow()))
     }
 
-    /// A receiver of the service's views, current one included.
-    pub(crate) fn subscribe(&self, key: &ServiceKey) -> watch::Receiver<Arc<ServiceView>> {
-        if let Some(tx) = self.services.read().unwrap_or_else(PoisonError::into_inner).get(key) {
-            return tx.subscribe();
-        }
-        let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
-        map.entry(key.clone())
-            .or_insert_with(|| watch::Sender::new(Arc::new(ServiceView::empty(key.clone()))))
-            .subscribe()
+    /// Whether the service has a published view (the driver keeps it fresh).
+    pub(crate) fn contains(&self, key: &ServiceKey) -> bool {
+        self.services.read().unwrap_or_else(PoisonError::into_inner).contains_key(key)
+    }
+
+    /// A receiver of the service's views, if it is published.
+    pub(crate) fn subscribe(&self, key: &ServiceKey) -> Option<watch::Receiver<Arc<Published>>> {
+        self.services.read().unwrap_or_else(PoisonError::into_inner).get(key).map(watch::Sender::subscribe)
     }
 
     /// The services that have a published view.
@@ -56,9 +77,27 @@ impl Snapshots {
         self.services.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 
-    /// Publishes new views and wakes their watchers. Entries of services the
-    /// node does not know (their views equal [`ServiceView::empty`]) are
-    /// dropped unless watched.
+    /// Publishes a view on first demand (driver only). A view of a service
+    /// the node does not know is kept only when `watched`, so reads of names
+    /// that do not exist grow nothing.
+    pub(crate) fn insert(&self, view: Arc<ServiceView>, watched: bool) {
+        if !watched && !view.known && view.instances.is_empty() {
+            return;
+        }
+        let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        match map.get(&view.key) {
+            Some(tx) => {
+                tx.send_replace(Published::new(view));
+            }
+            None => {
+                map.insert(view.key.clone(), watch::Sender::new(Published::new(view)));
+            }
+        }
+    }
+
+    /// Republishes changed views and wakes their watchers (driver only).
+    /// Entries of services the node no longer knows are dropped unless
+    /// watched.
     pub(crate) fn publish(&self, views: impl IntoIterator<Item = Arc<ServiceView>>) {
         let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
         for view in views {
@@ -68,12 +107,9 @@ impl Snapshots {
                     map.remove(&view.key);
                 }
                 Some(tx) => {
-                    tx.send_replace(view);
+                    tx.send_replace(Published::new(view));
                 }
-                None if empty => {}
-                None => {
-                    map.insert(view.key.clone(), watch::Sender::new(view));
-                }
+                None => {}
             }
         }
     }
@@ -134,32 +170,46 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_service_has_an_empty_view() {
+    fn an_unread_service_has_no_published_view() {
         let s = Snapshots::default();
-        assert!(s.view(&key()).instances.is_empty());
+        assert!(s.get(&key()).is_none());
+        assert!(s.subscribe(&key()).is_none());
     }
 
     #[test]
     fn a_publication_wakes_a_subscriber() {
         let s = Snapshots::default();
-        let mut rx = s.subscribe(&key());
-        rx.borrow_and_update();
         let mut view = ServiceView::empty(key());
-        view.protect_threshold = 0.5;
         view.known = true;
+        s.insert(Arc::new(view.clone()), false);
+        let mut rx = s.subscribe(&key()).unwrap();
+        rx.borrow_and_update();
+        view.protect_threshold = 0.5;
         s.publish([Arc::new(view)]);
         assert!(rx.has_changed().unwrap());
-        assert_eq!(s.view(&key()).protect_threshold, 0.5);
+        assert_eq!(s.get(&key()).unwrap().view.protect_threshold, 0.5);
     }
 
     #[test]
-    fn views_of_unknown_services_without_watchers_are_dropped() {
+    fn only_services_read_before_are_republished() {
         let s = Snapshots::default();
         let mut view = ServiceView::empty(key());
         view.known = true;
-        s.publish([Arc::new(view)]);
-        assert!(s.view(&key()).known, "an emptied service stays known");
+        s.publish([Arc::new(view.clone())]);
+        assert!(!s.contains(&key()), "nobody read it: no view kept");
+        s.insert(Arc::new(ServiceView::empty(key())), false);
+        assert!(!s.contains(&key()), "an unknown service read once is not kept");
+        s.insert(Arc::new(view), false);
+        assert!(s.contains(&key()));
         s.publish([Arc::new(ServiceView::empty(key()))]);
-        assert!(s.services.read().unwrap().is_empty());
+        assert!(!s.contains(&key()), "forgotten and unwatched: dropped");
+    }
+
+    #[test]
+    fn a_common_answer_is_rendered_once_per_view() {
+        let p = Published::new(Arc::new(ServiceView::empty(key())));
+        let first = p.body(false, || Bytes::from_static(b"a"));
+        let second = p.body(false, || Bytes::from_static(b"b"));
+        assert_eq!((first, second), (Bytes::from_static(b"a"), Bytes::from_static(b"a")));
     }
 }

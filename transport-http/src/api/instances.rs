@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use muster_core::{
     BeatReply, Checksum, Field, InstanceView, Name, QueryAnswer, RegisterRequest, Reply, Request, Selector,
@@ -14,7 +15,8 @@ use serde_json::Value;
 
 use super::input::{Obj, Query, parse_duration};
 use super::{AppState, KEY_BODY};
-use crate::error::{ApiError, Body, json_response};
+use crate::error::{ApiError, Body, bytes_response, json_response};
+use crate::snapshot::Published;
 
 /// `POST /v1/instances`
 pub(super) async fn register(
@@ -22,15 +24,20 @@ pub(super) async fn register(
     allowed: &[&str],
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let mut o = Obj::from_body(body, allowed)?;
-    let key = o.instance_key()?;
-    let req = RegisterRequest {
-        key,
-        weight: o.num("weight")?,
-        enabled: o.bool("enabled")?,
-        healthy: o.bool("healthy")?,
-        ephemeral: o.bool("ephemeral")?,
-        metadata: o.string_map("metadata")?.unwrap_or_default(),
+    let req = match super::fast::register(body) {
+        Some(req) => req,
+        None => {
+            let mut o = Obj::from_body(body, allowed)?;
+            let key = o.instance_key()?;
+            RegisterRequest {
+                key,
+                weight: o.num("weight")?,
+                enabled: o.bool("enabled")?,
+                healthy: o.bool("healthy")?,
+                ephemeral: o.bool("ephemeral")?,
+                metadata: o.string_map("metadata")?.unwrap_or_default(),
+            }
+        }
     };
     match state.driver.request(Request::Register(req)).await? {
         Reply::Registered(r) => {
@@ -57,6 +64,29 @@ pub(super) async fn beat(
     allowed: &[&str],
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let replies = match super::fast::beats(body) {
+        Some((keys, true)) => match state.driver.request(Request::HeartbeatBatch(keys)).await? {
+            Reply::Beats(replies) => replies,
+            other => return Err(unexpected(&other)),
+        },
+        Some((mut keys, false)) => match keys.pop() {
+            Some(key) => match state.driver.request(Request::Heartbeat(key)).await? {
+                Reply::Beat(reply) => vec![reply],
+                other => return Err(unexpected(&other)),
+            },
+            None => return Err(ApiError::missing("service")),
+        },
+        None => beat_generic(state, allowed, body).await?,
+    };
+    beats_response(state, &replies)
+}
+
+/// The generic path of a heartbeat body, which words every error.
+async fn beat_generic(
+    state: &Arc<AppState>,
+    allowed: &[&str],
+    body: &[u8],
+) -> Result<Vec<BeatReply>, ApiError> {
     let mut o = Obj::from_body(body, allowed)?;
     let replies = if o.has("beats") {
         if KEY_BODY.iter().any(|k| o.has(k)) {
@@ -84,6 +114,10 @@ pub(super) async fn beat(
             other => return Err(unexpected(&other)),
         }
     };
+    Ok(replies)
+}
+
+fn beats_response(state: &AppState, replies: &[BeatReply]) -> Result<Response<Body>, ApiError> {
     #[derive(Serialize)]
     struct Beats {
         unknown: Vec<usize>,
@@ -165,8 +199,34 @@ pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<B
             "wait",
             "needs checksum: a watch returns when the content differs from the checksum the client holds",
         )),
-        _ => Ok(answer_response(&state.snapshots.view(&key).select(&selector))),
+        _ => {
+            let published = published(state, &key, false).await?;
+            Ok(answer(&published, &selector))
+        }
     }
+}
+
+/// The published view of a service, published first if nobody read it yet.
+async fn published(
+    state: &Arc<AppState>,
+    key: &ServiceKey,
+    watched: bool,
+) -> Result<Arc<Published>, ApiError> {
+    if let Some(p) = state.snapshots.get(key) {
+        return Ok(p);
+    }
+    let view = state.driver.load_view(key.clone(), watched).await?;
+    Ok(state.snapshots.get(key).unwrap_or_else(|| Published::new(view)))
+}
+
+/// The response to a query, from the view's cached body when it is a common one.
+fn answer(published: &Published, selector: &Selector) -> Response<Body> {
+    let answer = published.view.select(selector);
+    if !selector.clusters.is_empty() {
+        return answer_response(&answer);
+    }
+    let body = published.body(selector.healthy_only, || answer_body(&answer));
+    bytes_response(StatusCode::OK, "application/json", body)
 }
 
 /// Counts a waiting long poll; refuses past the configured limit.
@@ -199,27 +259,36 @@ async fn long_poll(
 ) -> Result<Response<Body>, ApiError> {
     let _guard = WatchGuard::acquire(state)?;
     let deadline = tokio::time::Instant::now() + wait;
-    let mut views = state.snapshots.subscribe(&key);
+    let mut views = match state.snapshots.subscribe(&key) {
+        Some(rx) => rx,
+        None => {
+            published(state, &key, true).await?;
+            state.snapshots.subscribe(&key).ok_or_else(ApiError::shutting_down)?
+        }
+    };
     let mut shutdown = state.shutdown.clone();
     loop {
-        let view = Arc::clone(&views.borrow_and_update());
-        let answer = view.select(&selector);
-        if answer.checksum() != checksum || *shutdown.borrow_and_update() {
-            return Ok(answer_response(&answer));
+        let published = Arc::clone(&views.borrow_and_update());
+        if published.view.select(&selector).checksum() != checksum || *shutdown.borrow_and_update() {
+            return Ok(answer(&published, &selector));
         }
         tokio::select! {
             changed = views.changed() => {
                 if changed.is_err() {
-                    return Ok(answer_response(&answer));
+                    return Ok(answer(&published, &selector));
                 }
             }
-            () = tokio::time::sleep_until(deadline) => return Ok(answer_response(&answer)),
-            _ = shutdown.changed() => return Ok(answer_response(&answer)),
+            () = tokio::time::sleep_until(deadline) => return Ok(answer(&published, &selector)),
+            _ = shutdown.changed() => return Ok(answer(&published, &selector)),
         }
     }
 }
 
 fn answer_response(answer: &QueryAnswer) -> Response<Body> {
+    bytes_response(StatusCode::OK, "application/json", answer_body(answer))
+}
+
+fn answer_body(answer: &QueryAnswer) -> Bytes {
     #[derive(Serialize)]
     struct Answer<'a> {
         namespace: &'a str,
@@ -240,7 +309,8 @@ fn answer_response(answer: &QueryAnswer) -> Response<Body> {
         known: answer.view().known,
         instances: answer.instances().collect(),
     };
-    json_response(StatusCode::OK, &body)
+    // Serialising these plain values cannot fail.
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 fn instance_id_response(instance_id: String) -> Response<Body> {

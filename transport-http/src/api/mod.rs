@@ -7,6 +7,7 @@
 //! and the test that keeps `docs/openapi.yaml` equal to the code all read it.
 
 mod cluster;
+mod fast;
 mod health;
 mod input;
 mod instances;
