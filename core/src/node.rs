@@ -344,6 +344,20 @@ impl Node {
         })
     }
 
+    /// Runs a write on the registry: clamps time, refuses while loading,
+    /// then drains what the registry produced.
+    fn write<T>(
+        &mut self,
+        now: Timestamp,
+        op: impl FnOnce(&mut Registry, Timestamp) -> Result<T, RequestError>,
+    ) -> Result<T, RequestError> {
+        let now = self.clock.observe(now);
+        self.writable()?;
+        let result = op(&mut self.registry, now);
+        self.after_change(now);
+        result
+    }
+
     fn writable(&self) -> Result<(), RequestError> {
         if self.is_ready() { Ok(()) } else { Err(RequestError::NotReady) }
     }
@@ -351,20 +365,12 @@ impl Node {
     /// Registers an instance (or updates it if registered). Counts as a
     /// heartbeat.
     pub fn register(&mut self, now: Timestamp, req: RegisterRequest) -> Result<Registered, RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.register(now, req);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.register(now, req))
     }
 
     /// Removes an instance.
     pub fn deregister(&mut self, now: Timestamp, key: &InstanceKey) -> Result<(), RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.deregister(now, key);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.deregister(now, key))
     }
 
     /// Changes an instance's weight, enabled flag, metadata, or (persistent
@@ -375,11 +381,7 @@ impl Node {
         key: &InstanceKey,
         req: UpdateRequest,
     ) -> Result<(), RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.update(now, key, req);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.update(now, key, req))
     }
 
     /// Takes a client's heartbeat. `Unknown` tells the client to register
@@ -469,11 +471,7 @@ impl Node {
         key: &ServiceKey,
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.create_service(now, key, upd);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.create_service(now, key, upd))
     }
 
     /// Updates a service's settings.
@@ -483,11 +481,7 @@ impl Node {
         key: &ServiceKey,
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.update_service(now, key, upd);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.update_service(now, key, upd))
     }
 
     /// Creates a service with explicit settings, or updates it if it exists
@@ -498,11 +492,7 @@ impl Node {
         key: &ServiceKey,
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.put_service(now, key, upd);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.put_service(now, key, upd))
     }
 
     /// Every service the node holds any record of (live instances,
@@ -513,11 +503,7 @@ impl Node {
 
     /// Deletes a service; refuses while it has instances.
     pub fn delete_service(&mut self, now: Timestamp, key: &ServiceKey) -> Result<(), RequestError> {
-        let now = self.clock.observe(now);
-        self.writable()?;
-        let result = self.registry.delete_service(now, key);
-        self.after_change(now);
-        result
+        self.write(now, |r, now| r.delete_service(now, key))
     }
 
     /// Namespaces with their service counts.

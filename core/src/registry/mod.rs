@@ -973,19 +973,7 @@ impl Registry {
             for &m in &s.members {
                 let Some(e) = self.instances.get(m) else { continue };
                 let Some(d) = e.live() else { continue };
-                let mut iv = InstanceView {
-                    instance_id: String::new(),
-                    cluster: e.cluster.clone(),
-                    ip: e.ip.clone(),
-                    port: e.port,
-                    weight: d.weight,
-                    healthy: d.healthy,
-                    enabled: d.enabled,
-                    ephemeral: d.ephemeral,
-                    metadata: d.metadata.clone(),
-                    content_hash: 0,
-                };
-                iv.compute_hash();
+                let iv = views::build_instance_view(e, d);
                 expected.push((iv.cluster, iv.ip, iv.port, iv.content_hash));
             }
             expected.sort();

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::model::ServiceKey;
+use crate::model::{InstanceData, ServiceKey};
 use crate::record::{InstanceState, ServiceState};
 use crate::view::{InstanceView, ServiceView};
 
@@ -21,6 +21,13 @@ fn instance_view(e: &mut InstanceEntry) -> Option<Arc<InstanceView>> {
     if let Some(v) = &e.view {
         return Some(Arc::clone(v));
     }
+    let v = Arc::new(build_instance_view(e, d));
+    e.view = Some(Arc::clone(&v));
+    Some(v)
+}
+
+/// How queries show a live instance.
+pub(super) fn build_instance_view(e: &InstanceEntry, d: &InstanceData) -> InstanceView {
     let mut v = InstanceView {
         instance_id: instance_id(e),
         cluster: e.cluster.clone(),
@@ -34,9 +41,7 @@ fn instance_view(e: &mut InstanceEntry) -> Option<Arc<InstanceView>> {
         content_hash: 0,
     };
     v.compute_hash();
-    let v = Arc::new(v);
-    e.view = Some(Arc::clone(&v));
-    Some(v)
+    v
 }
 
 fn instance_id(e: &InstanceEntry) -> String {
