@@ -245,6 +245,9 @@ pub(crate) fn find(method: &Method, path: &str) -> Result<Matched, ApiError> {
 
 /// Matches a path against a template; `Some(param)` on a match.
 fn match_path(template: &str, path: &str) -> Option<Option<String>> {
+    if !template.contains('{') {
+        return (template == path).then_some(None);
+    }
     let mut param = None;
     let mut t = template.split('/');
     let mut p = path.split('/');
