@@ -434,7 +434,51 @@ impl InstanceKey {
 
     /// The instance id shown to clients: `ip#port#cluster`.
     pub fn instance_id(&self) -> String {
-        format!("{}#{}#{}", self.ip, self.port, self.cluster)
+        instance_id(&self.ip, self.port, &self.cluster)
+    }
+}
+
+/// `ip#port#cluster`, written without the formatting machinery for IPv4
+/// hosts and names (it showed in profiles of registration and view building).
+pub(crate) fn instance_id(ip: &Host, port: u16, cluster: &Name) -> String {
+    let mut id = String::with_capacity(22 + cluster.as_str().len());
+    match &ip.0 {
+        HostRepr::V4(o) => {
+            for (i, octet) in o.iter().enumerate() {
+                if i > 0 {
+                    id.push('.');
+                }
+                push_decimal(&mut id, u32::from(*octet));
+            }
+        }
+        HostRepr::Name(n) => id.push_str(n.as_str()),
+        HostRepr::V6(_) => {
+            use fmt::Write;
+            let _ = write!(id, "{ip}");
+        }
+    }
+    id.push('#');
+    push_decimal(&mut id, u32::from(port));
+    id.push('#');
+    id.push_str(cluster.as_str());
+    id
+}
+
+/// Appends `v` in decimal.
+fn push_decimal(out: &mut String, v: u32) {
+    let mut digits = [0u8; 10];
+    let mut n = v;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
     }
 }
 
@@ -746,5 +790,27 @@ mod tests {
         // Corrupt the first byte of the namespace string into a space.
         bad[1] = b' ';
         assert!(postcard::from_bytes::<InstanceKey>(&bad).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn instance_ids_read_ip_hash_port_hash_cluster_for_every_host(
+            v4 in proptest::prelude::any::<[u8; 4]>(),
+            v6 in proptest::prelude::any::<[u8; 16]>(),
+            port in 1u16..,
+        ) {
+            let cluster = Name::parse(Field::Cluster, "east-1").unwrap();
+            let hosts = [
+                Host::from(IpAddr::from(v4)),
+                Host::from(IpAddr::from(v6)),
+                Host::parse("db-1.example").unwrap(),
+            ];
+            for host in hosts {
+                proptest::prop_assert_eq!(
+                    instance_id(&host, port, &cluster),
+                    format!("{host}#{port}#east-1")
+                );
+            }
+        }
     }
 }

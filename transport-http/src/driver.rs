@@ -341,9 +341,12 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::ServiceChanged(key) => {
+            // Only services someone reads have a view to refresh (see
+            // snapshot.rs); the others are not even queued.
+            Event::ServiceChanged(key) if self.snapshots.contains(&key) => {
                 self.dirty.insert(key);
             }
+            Event::ServiceChanged(_) => {}
             Event::PeerStateChanged(t) => {
                 tracing::info!(peer = %t.peer, from = %t.from, to = %t.to, "peer state changed");
             }

@@ -45,10 +45,7 @@ pub(super) fn build_instance_view(e: &InstanceEntry, d: &InstanceData) -> Instan
 }
 
 fn instance_id(e: &InstanceEntry) -> String {
-    use std::fmt::Write;
-    let mut id = String::with_capacity(24 + e.cluster.as_str().len());
-    let _ = write!(id, "{}#{}#{}", e.ip, e.port, e.cluster);
-    id
+    crate::model::instance_id(&e.ip, e.port, &e.cluster)
 }
 
 impl Registry {

@@ -228,14 +228,17 @@ pub(crate) struct Matched {
 
 /// Finds the route of a request, or the 404 / 405 error.
 pub(crate) fn find(method: &Method, path: &str) -> Result<Matched, ApiError> {
-    let mut allowed: Vec<&str> = Vec::new();
     for (index, route) in ROUTES.iter().enumerate() {
-        let Some(param) = match_path(route.path, path) else { continue };
-        if route.method == method.as_str() {
+        if route.method != method.as_str() {
+            continue;
+        }
+        if let Some(param) = match_path(route.path, path) {
             return Ok(Matched { index, route, param });
         }
-        allowed.push(route.method);
     }
+    // The error path: which methods the path has, if any.
+    let allowed: Vec<&str> =
+        ROUTES.iter().filter(|r| match_path(r.path, path).is_some()).map(|r| r.method).collect();
     if allowed.is_empty() {
         Err(ApiError::not_found(path))
     } else {
