@@ -7,37 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{FAST, Node, count, free_ports, instance, request, scratch, secret_file, wait_until};
+use common::{Node, count, instance, request, wait_until};
 
 /// Starts three nodes that list each other and waits until all are ready.
 fn cluster(name: &str) -> Vec<Node> {
-    cluster_of(name, 3, &[])
-}
-
-/// Starts `n` nodes with `extra` flags after the fast timings.
-fn cluster_of(name: &str, n: usize, extra: &[&str]) -> Vec<Node> {
-    let dir = scratch(name);
-    let secret = secret_file(&dir);
-    let ports = free_ports(n);
-    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    // The fast timings, less those `extra` sets.
-    let mut args: Vec<String> = FAST
-        .chunks(2)
-        .filter(|pair| !extra.contains(&pair[0]))
-        .flat_map(|pair| pair.iter().map(|s| (*s).to_owned()))
-        .collect();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.extend([
-        "--peers".to_owned(),
-        peers,
-        "--cluster-secret-file".to_owned(),
-        secret.display().to_string(),
-    ]);
-    let nodes: Vec<Node> = ports.iter().map(|p| Node::start(*p, &args, &dir)).collect();
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(15));
-    }
-    nodes
+    common::cluster(name, 3, &[])
 }
 
 fn peer_state(observer: &Node, peer: &Node) -> String {
@@ -202,7 +176,7 @@ fn sigterm_sends_pending_sync_to_peers_before_exiting() {
     // Changes wait a minute before they are sent and anti-entropy is as
     // slow: only the shutdown flush can bring the registration to B.
     let mut nodes =
-        cluster_of("flush", 2, &["--sync-delay-ms", "60000", "--anti-entropy-interval-ms", "60000"]);
+        common::cluster("flush", 2, &["--sync-delay-ms", "60000", "--anti-entropy-interval-ms", "60000"]);
     register(&nodes[0], "orders", "10.0.0.1", 80);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(&nodes[1], "orders"), 0, "the change was sent before the sync delay");
