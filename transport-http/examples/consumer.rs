@@ -62,11 +62,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let uri = format!("http://{}/", instance.addr()).parse()?;
         let call = async {
             let resp = http.get(uri).await?;
+            let status = resp.status();
             let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, Box<dyn Error>>(String::from_utf8_lossy(&body).trim().to_owned())
+            Ok::<_, Box<dyn Error>>((status, String::from_utf8_lossy(&body).trim().to_owned()))
         };
         match tokio::time::timeout(Duration::from_secs(2), call).await {
-            Ok(Ok(answer)) => println!("called {}: {answer}", instance.addr()),
+            Ok(Ok((status, answer))) if status.is_success() => {
+                println!("called {}: {answer}", instance.addr());
+            }
+            Ok(Ok((status, answer))) => println!("calling {} answered {status}: {answer}", instance.addr()),
             Ok(Err(e)) => println!("calling {} failed: {e}", instance.addr()),
             Err(_) => println!("calling {} timed out", instance.addr()),
         }
