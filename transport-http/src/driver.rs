@@ -410,3 +410,45 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hyper::StatusCode;
+
+    use super::*;
+
+    fn status() -> Command {
+        Command::Status(oneshot::channel().0)
+    }
+
+    fn ping() -> PeerInput {
+        PeerInput { from: NodeId::parse("127.0.0.1:9").unwrap(), msg: PeerMessage::Ping { nonce: 1 } }
+    }
+
+    #[test]
+    fn a_full_request_queue_answers_overloaded_until_the_driver_takes_a_command() {
+        let (commands, mut crx) = mpsc::channel(2);
+        let (peer, _prx) = mpsc::channel(1);
+        let handle = DriverHandle { commands, peer };
+        handle.send(status()).unwrap();
+        handle.send(status()).unwrap();
+        let err = handle.send(status()).unwrap_err();
+        assert_eq!((err.status, err.code), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
+        assert!(crx.try_recv().is_ok());
+        handle.send(status()).unwrap();
+        drop(crx);
+        assert_eq!(handle.send(status()).unwrap_err().code, "shutting_down");
+    }
+
+    #[test]
+    fn a_full_peer_queue_refuses_the_message_as_overloaded() {
+        let (commands, _crx) = mpsc::channel(1);
+        let (peer, mut prx) = mpsc::channel(1);
+        let handle = DriverHandle { commands, peer };
+        handle.peer_message(ping()).unwrap();
+        let err = handle.peer_message(ping()).unwrap_err();
+        assert_eq!((err.status, err.code), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
+        assert!(prx.try_recv().is_ok());
+        handle.peer_message(ping()).unwrap();
+    }
+}
