@@ -30,12 +30,26 @@ struct KeyJson<'a> {
 
 impl KeyJson<'_> {
     fn key(&self) -> Option<InstanceKey> {
-        let service =
-            ServiceKey::parse(self.namespace.as_deref(), self.group.as_deref(), &self.service).ok()?;
-        InstanceKey::parse(service, self.cluster.as_deref(), &self.ip, self.port).ok()
+        instance_key(&self.namespace, &self.group, &self.service, &self.cluster, &self.ip, self.port)
     }
 }
 
+/// The instance key of a body's key fields, if the core accepts them.
+fn instance_key(
+    namespace: &Option<Cow<'_, str>>,
+    group: &Option<Cow<'_, str>>,
+    service: &str,
+    cluster: &Option<Cow<'_, str>>,
+    ip: &str,
+    port: i64,
+) -> Option<InstanceKey> {
+    let service = ServiceKey::parse(namespace.as_deref(), group.as_deref(), service).ok()?;
+    InstanceKey::parse(service, cluster.as_deref(), ip, port).ok()
+}
+
+/// The key fields repeat [`KeyJson`]'s: `#[serde(flatten)]` cannot be
+/// combined with `deny_unknown_fields`, which the fast path needs to stay
+/// equal to the generic parser.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterJson<'a> {
@@ -65,15 +79,7 @@ struct RegisterJson<'a> {
 /// A registration, if the body is a well-formed one.
 pub(super) fn register(body: &[u8]) -> Option<RegisterRequest> {
     let r: RegisterJson<'_> = serde_json::from_slice(body).ok()?;
-    let key = KeyJson {
-        namespace: r.namespace,
-        group: r.group,
-        service: r.service,
-        cluster: r.cluster,
-        ip: r.ip,
-        port: r.port,
-    }
-    .key()?;
+    let key = instance_key(&r.namespace, &r.group, &r.service, &r.cluster, &r.ip, r.port)?;
     Some(RegisterRequest {
         key,
         weight: r.weight,
