@@ -22,6 +22,7 @@ use muster_core::lease::CheckKind;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::config::HttpSettings;
 use crate::metrics::Metrics;
 
 /// Most checks in flight at once.
@@ -40,14 +41,24 @@ pub(crate) struct Checker {
     slots: Arc<Semaphore>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Whether checks run and where they may connect (see `probe.rs`).
+    allow: Arc<HttpSettings>,
 }
 
 impl Checker {
     /// A checker and the receiver of its outcomes.
-    pub(crate) fn new(timeout: Duration, metrics: Arc<Metrics>) -> (Checker, mpsc::Receiver<CheckOutcome>) {
+    pub(crate) fn new(
+        settings: &HttpSettings,
+        metrics: Arc<Metrics>,
+    ) -> (Checker, mpsc::Receiver<CheckOutcome>) {
         let (tx, rx) = mpsc::channel(CONCURRENCY * 2);
-        let checker =
-            Checker { outcomes: tx, slots: Arc::new(Semaphore::new(CONCURRENCY)), timeout, metrics };
+        let checker = Checker {
+            outcomes: tx,
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            timeout: settings.health_check_timeout,
+            metrics,
+            allow: Arc::new(settings.clone()),
+        };
         (checker, rx)
     }
 
@@ -59,8 +70,10 @@ impl Checker {
             return;
         };
         let (tx, timeout, metrics) = (self.outcomes.clone(), self.timeout, Arc::clone(&self.metrics));
+        let allow = Arc::clone(&self.allow);
         tokio::spawn(async move {
-            let passed = matches!(tokio::time::timeout(timeout, probe(&check)).await, Ok(Ok(())));
+            let passed =
+                matches!(tokio::time::timeout(timeout, probe(&check, &allow, &metrics)).await, Ok(Ok(())));
             let counter = if passed { &metrics.health_checks_passed } else { &metrics.health_checks_failed };
             counter.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(instance = %check.key, passed, "health check");
@@ -70,13 +83,22 @@ impl Checker {
     }
 }
 
-/// Connects to the instance and, for an HTTP check, fetches its path.
-async fn probe(check: &HealthCheck) -> Result<(), String> {
+/// Connects to the instance and, for an HTTP check, fetches its path. An
+/// address outside the allowed ranges is never connected to: the check fails.
+async fn probe(check: &HealthCheck, allow: &HttpSettings, metrics: &Metrics) -> Result<(), String> {
     let target = match check.key.ip.ip() {
         Some(ip) => std::net::SocketAddr::new(ip, check.key.port).to_string(),
         None => format!("{}:{}", check.key.ip, check.key.port),
     };
-    let stream = TcpStream::connect(&target).await.map_err(|e| e.to_string())?;
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host(&target).await.map_err(|e| e.to_string())?.collect();
+    let addrs: Vec<std::net::SocketAddr> =
+        addrs.into_iter().filter(|a| crate::probe::allowed(allow, a.ip())).collect();
+    if addrs.is_empty() {
+        metrics.guard.health_checks_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(format!("{target} is outside health_check_allow (or checks are off)"));
+    }
+    let stream = TcpStream::connect(&addrs[..]).await.map_err(|e| e.to_string())?;
     if check.kind != CheckKind::Http {
         return Ok(());
     }

@@ -147,6 +147,36 @@ pub struct ServeArgs {
     /// Expiry brake: the window, ms [default: 60000].
     #[arg(long, env = "MUSTER_BRAKE_WINDOW_MS", value_name = "MS")]
     pub brake_window_ms: Option<u64>,
+    /// Pending-connection backlog of the listen socket (the kernel caps it at `somaxconn`) [default: 4096].
+    #[arg(long, env = "MUSTER_LISTEN_BACKLOG", value_name = "N")]
+    pub listen_backlog: Option<u32>,
+    /// Longest time to read one request body, ms [default: 10000].
+    #[arg(long, env = "MUSTER_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Slowest accepted body upload after its first second, bytes/s [default: 4096].
+    #[arg(long, env = "MUSTER_BODY_MIN_BYTES_PER_S", value_name = "BYTES")]
+    pub body_min_bytes_per_s: Option<u64>,
+    /// Largest peer request body, bytes [default: 33554432].
+    #[arg(long, env = "MUSTER_MAX_PEER_BODY_BYTES", value_name = "BYTES")]
+    pub max_peer_body_bytes: Option<usize>,
+    /// Bytes of frames queued per peer; past it the oldest are dropped [default: 67108864].
+    #[arg(long, env = "MUSTER_PEER_QUEUE_BYTES", value_name = "BYTES")]
+    pub peer_queue_bytes: Option<usize>,
+    /// Expensive peer requests (bucket lists, snapshot pages) answered per peer per second [default: 20].
+    #[arg(long, env = "MUSTER_PEER_REPLIES_PER_S", value_name = "N")]
+    pub peer_replies_per_s: Option<u32>,
+    /// Largest age (or lead) of a signed peer request before it is refused as stale, ms [default: 30000].
+    #[arg(long, env = "MUSTER_PEER_CLOCK_WINDOW_MS", value_name = "MS")]
+    pub peer_clock_window_ms: Option<u64>,
+    /// Most watched services the node does not know (429 past it) [default: 10000].
+    #[arg(long, env = "MUSTER_MAX_UNKNOWN_WATCHED", value_name = "N")]
+    pub max_unknown_watched: Option<usize>,
+    /// Whether the node runs active health checks of persistent instances [default: true].
+    #[arg(long, env = "MUSTER_HEALTH_CHECKS", value_name = "BOOL")]
+    pub health_checks: Option<bool>,
+    /// Address ranges active health checks may reach, comma-separated CIDRs [default: 0.0.0.0/0,::/0].
+    #[arg(long, env = "MUSTER_HEALTH_CHECK_ALLOW", value_name = "CIDR,...", value_delimiter = ',')]
+    pub health_check_allow: Option<Vec<String>>,
     /// Seed of the node's random choices [default: drawn at start].
     #[arg(long, env = "MUSTER_SEED", value_name = "N")]
     pub seed: Option<u64>,
@@ -187,6 +217,12 @@ impl Secret {
         &self.0
     }
 
+    /// A secret for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+
     /// Compares in time independent of where the inputs differ.
     pub(crate) fn matches(&self, given: &[u8]) -> bool {
         constant_time_eq(self.0.as_bytes(), given)
@@ -220,6 +256,15 @@ pub(crate) struct HttpSettings {
     pub(crate) peer_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) health_check_timeout: Duration,
+    pub(crate) listen_backlog: u32,
+    pub(crate) body_timeout: Duration,
+    pub(crate) body_min_bytes_per_s: u64,
+    pub(crate) peer_queue_bytes: usize,
+    pub(crate) peer_replies_per_s: u32,
+    pub(crate) peer_clock_window: Duration,
+    pub(crate) max_unknown_watched: usize,
+    pub(crate) health_checks: bool,
+    pub(crate) health_check_allow: Vec<crate::probe::Cidr>,
 }
 
 /// Validated settings of one node.
@@ -272,6 +317,11 @@ impl ServeArgs {
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
+        );
+        fill_from!(self, file;
+            listen_backlog, body_timeout_ms, body_min_bytes_per_s, max_peer_body_bytes,
+            peer_queue_bytes, peer_replies_per_s, peer_clock_window_ms, max_unknown_watched,
+            health_checks, health_check_allow,
         );
         Ok(self)
     }
@@ -393,7 +443,7 @@ impl ServeArgs {
         let max_body_bytes = positive("max_body_bytes", self.max_body_bytes, 1 << 20)?;
         Ok(HttpSettings {
             max_body_bytes,
-            max_peer_body_bytes: (64usize << 20).max(max_body_bytes),
+            max_peer_body_bytes: positive("max_peer_body_bytes", self.max_peer_body_bytes, 32 << 20)?,
             max_long_polls: positive("max_long_polls", self.max_long_polls, 10_000)?,
             max_wait: positive_ms("max_wait_ms", self.max_wait_ms, 120_000)?,
             request_queue: positive("request_queue", self.request_queue, 16_384)?,
@@ -405,6 +455,25 @@ impl ServeArgs {
                 self.health_check_timeout_ms,
                 2_000,
             )?,
+            listen_backlog: match self.listen_backlog {
+                Some(0) => return Err(SettingsError::new("listen_backlog", "must be at least 1")),
+                v => v.unwrap_or(4_096),
+            },
+            body_timeout: positive_ms("body_timeout_ms", self.body_timeout_ms, 10_000)?,
+            body_min_bytes_per_s: self.body_min_bytes_per_s.unwrap_or(4_096),
+            peer_queue_bytes: positive("peer_queue_bytes", self.peer_queue_bytes, 64 << 20)?,
+            peer_replies_per_s: match self.peer_replies_per_s {
+                Some(0) => return Err(SettingsError::new("peer_replies_per_s", "must be at least 1")),
+                v => v.unwrap_or(20),
+            },
+            peer_clock_window: positive_ms("peer_clock_window_ms", self.peer_clock_window_ms, 30_000)?,
+            max_unknown_watched: positive("max_unknown_watched", self.max_unknown_watched, 10_000)?,
+            health_checks: self.health_checks.unwrap_or(true),
+            health_check_allow: match &self.health_check_allow {
+                None => crate::probe::Cidr::everything(),
+                Some(list) => crate::probe::Cidr::parse_list(list)
+                    .map_err(|m| SettingsError::new("health_check_allow", m))?,
+            },
         })
     }
 }
@@ -542,6 +611,28 @@ mod tests {
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         let err = parse(&["--config", file.to_str().unwrap()]).with_file().unwrap_err();
         assert!(err.message.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn hardening_limits_have_defaults_and_refuse_nonsense_by_key() {
+        let s = parse(&[]).into_settings().unwrap();
+        assert_eq!((s.http.listen_backlog, s.http.max_peer_body_bytes), (4_096, 32 << 20));
+        assert!(s.http.health_checks && s.http.health_check_allow.len() == 2);
+        for (flag, key) in [
+            ("--listen-backlog", "listen_backlog"),
+            ("--body-timeout-ms", "body_timeout_ms"),
+            ("--max-peer-body-bytes", "max_peer_body_bytes"),
+            ("--peer-queue-bytes", "peer_queue_bytes"),
+            ("--peer-replies-per-s", "peer_replies_per_s"),
+            ("--peer-clock-window-ms", "peer_clock_window_ms"),
+            ("--max-unknown-watched", "max_unknown_watched"),
+        ] {
+            assert_eq!(parse(&[flag, "0"]).into_settings().unwrap_err().key, key);
+        }
+        let err = parse(&["--health-check-allow", "10.0.0.0/40"]).into_settings().unwrap_err();
+        assert_eq!(err.key, "health_check_allow");
+        let s = parse(&["--health-check-allow", "10.0.0.0/8,fd00::/8"]).into_settings().unwrap();
+        assert_eq!(s.http.health_check_allow.len(), 2);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub(crate) struct Status {
 
 type Answer = oneshot::Sender<Result<Reply, RequestError>>;
 
+/// A loaded view and, for a watch, the receiver of its later views (`None`
+/// when the watch of an unknown service is over the limit).
+pub(crate) type Loaded = (Arc<ServiceView>, Option<watch::Receiver<Arc<crate::snapshot::Published>>>);
+
 /// A client command for the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -67,8 +71,9 @@ pub(crate) enum Command {
     PutService(ServiceKey, ServiceUpdate, Answer),
     /// The node's status.
     Status(oneshot::Sender<Status>),
-    /// Publish a service's view (first read or watch) and answer with it.
-    LoadView(ServiceKey, bool, oneshot::Sender<Arc<ServiceView>>),
+    /// Publish a service's view (first read or watch) and answer with it
+    /// (and, for a watch, a receiver of its views; see `Snapshots::insert`).
+    LoadView(ServiceKey, bool, oneshot::Sender<Loaded>),
 }
 
 /// A decoded message from a peer.
@@ -110,11 +115,7 @@ impl DriverHandle {
     /// Publishes a service's view, which the driver keeps fresh from then
     /// on, and returns it. `watched`: keep it published even while the node
     /// does not know the service.
-    pub(crate) async fn load_view(
-        &self,
-        key: ServiceKey,
-        watched: bool,
-    ) -> Result<Arc<ServiceView>, ApiError> {
+    pub(crate) async fn load_view(&self, key: ServiceKey, watched: bool) -> Result<Loaded, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::LoadView(key, watched, tx))?;
         rx.await.map_err(|_| ApiError::shutting_down())
@@ -170,9 +171,9 @@ impl Driver {
         peers: Arc<Peers>,
         snapshots: Arc<Snapshots>,
         metrics: Arc<Metrics>,
-        check_timeout: Duration,
+        http: &crate::config::HttpSettings,
     ) -> (Driver, DriverHandle) {
-        let (checker, check_outcomes) = Checker::new(check_timeout, Arc::clone(&metrics));
+        let (checker, check_outcomes) = Checker::new(http, Arc::clone(&metrics));
         let (ctx, crx) = mpsc::channel(queue);
         let (ptx, prx) = mpsc::channel(queue);
         let driver = Driver {
@@ -296,8 +297,8 @@ impl Driver {
             }
             Command::LoadView(key, watched, tx) => {
                 let view = self.node.service_view(&key);
-                self.snapshots.insert(Arc::clone(&view), watched);
-                let _ = tx.send(view);
+                let rx = self.snapshots.insert(Arc::clone(&view), watched);
+                let _ = tx.send((view, rx));
             }
             Command::Status(tx) => {
                 let _ = tx.send(Status {

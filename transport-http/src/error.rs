@@ -3,12 +3,41 @@
 //! Every error answers `{"error": {"code", "message", "field"?}}` with the
 //! status the code implies.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use muster_core::{InvalidInput, RequestError};
 use serde::Serialize;
+
+/// Longest client input echoed in an error message, in characters.
+pub(crate) const ECHO_MAX: usize = 64;
+/// Longest error message sent, in bytes (longer ones are cut at a character boundary).
+pub(crate) const MESSAGE_MAX: usize = 512;
+
+/// Client input as echoed in an error message: at most [`ECHO_MAX`]
+/// characters, then `…`, so that an error never repeats a huge input.
+pub(crate) fn echo(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(ECHO_MAX) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..cut])),
+    }
+}
+
+/// Cuts a message to [`MESSAGE_MAX`] bytes at a character boundary.
+fn cut(mut message: String) -> String {
+    if message.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
 
 /// The body type of every response.
 pub(crate) type Body = Full<Bytes>;
@@ -26,13 +55,13 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, allow: None }
+        ApiError { status, code, message: cut(message.into()), field: None, allow: None }
     }
 
     /// A 400 about one input field.
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError {
-            field: Some(field.into()),
+            field: Some(cut(field.into())),
             ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
         }
     }
@@ -97,6 +126,36 @@ impl ApiError {
         )
     }
 
+    /// A 408: the body did not arrive in time. The connection is closed.
+    pub(crate) fn body_too_slow(
+        received: usize,
+        after: Duration,
+        timeout: Duration,
+        min_rate: u64,
+    ) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body arrived too slowly ({received} bytes in {} ms); send it within {} ms \
+                 and at least {min_rate} bytes/s after the first second (body_timeout_ms, body_min_bytes_per_s)",
+                after.as_millis(),
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    pub(crate) fn too_many_unknown_watches(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watches",
+            format!(
+                "the node watches at most {limit} services it does not know (max_unknown_watched); \
+                 check the service name, or retry shortly"
+            ),
+        )
+    }
+
     /// The response carrying this error.
     pub(crate) fn response(&self) -> Response<Body> {
         #[derive(Serialize)]
@@ -116,6 +175,10 @@ impl ApiError {
         let headers = resp.headers_mut();
         if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
             headers.insert(ALLOW, allow);
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a slow body is not worth waiting for.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

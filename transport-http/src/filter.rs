@@ -3,22 +3,25 @@
 //! One access-log line per request (target `muster::access`: method, path,
 //! status, duration, request id, peer address); `x-request-id` echoed or
 //! made; the access rule of the route (bearer tokens, cluster secret); the
-//! body size limit (413). Long polls are limited in their handler.
+//! body size limit (413) and its deadline and minimum rate (408). Long polls
+//! are limited in their handler.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{self, Access, AppState, Matched};
 use crate::error::{ApiError, Body};
+use crate::metrics::Metrics;
+use crate::peer_auth::Signed;
 
 /// The request-id header.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
@@ -69,32 +72,116 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, m.route.access, req.headers())?;
+    // Peer requests: the signature headers are read before the body, and
+    // verified over it once read.
+    let signed = match m.route.access {
+        Access::Peer => Some(Signed::from_headers(req.headers()).inspect_err(|_| count_refused(state))?),
+        _ => None,
+    };
     let takes_body = m.route.access == Access::Peer || !m.route.body.is_empty();
     let body = if takes_body {
         let http = &state.settings.http;
         let limit =
             if m.route.access == Access::Peer { http.max_peer_body_bytes } else { http.max_body_bytes };
-        read_body(req, limit).await?
+        let pace = Pace { timeout: http.body_timeout, min_bytes_per_s: http.body_min_bytes_per_s };
+        read_body(req, limit, pace, &state.metrics).await?
     } else {
         Bytes::new()
     };
-    api::dispatch(state, m, query, body).await
+    let from = match (&signed, &state.settings.cluster_secret) {
+        (Some(signed), Some(secret)) => {
+            let http = &state.settings.http;
+            let peers = &state.settings.core.peers;
+            let now = crate::peer_auth::unix_ms();
+            let verified =
+                state.peer_verifier.verify(signed, &body, secret, peers, http.peer_clock_window, now);
+            Some(verified.inspect_err(|_| count_refused(state))?)
+        }
+        _ => None,
+    };
+    api::dispatch(state, m, query, body, from.as_ref()).await
 }
 
-/// Reads a body of at most `limit` bytes; 413 past it.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// Counts a peer request refused for its signature.
+fn count_refused(state: &AppState) {
+    state.metrics.peer_requests_refused.fetch_add(1, Ordering::Relaxed);
+    state.metrics.guard.peer_signatures_refused.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long a body may take: at most `timeout` in all, and after the first
+/// [`BODY_GRACE`] at least `min_bytes_per_s` on average (0: no rate).
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    timeout: Duration,
+    min_bytes_per_s: u64,
+}
+
+/// Time a body may take before the minimum rate applies.
+const BODY_GRACE: Duration = Duration::from_secs(1);
+/// Largest buffer reserved up front from a declared `content-length`.
+const BODY_RESERVE_MAX: usize = 64 << 10;
+
+impl Pace {
+    /// The latest time the next chunk may arrive, `received` bytes in.
+    fn next_deadline(&self, start: Instant, received: usize) -> Instant {
+        let hard = start + self.timeout;
+        if self.min_bytes_per_s == 0 {
+            return hard;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / self.min_bytes_per_s as f64);
+        hard.min(start + BODY_GRACE + earned)
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 past it) within `pace` (408
+/// past it, and the connection is closed). Chunks are copied into one
+/// buffer as they come, so a slow sender holds at most the body's bytes,
+/// not one read buffer per chunk.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    pace: Pace,
+    metrics: &Metrics,
+) -> Result<Bytes, ApiError> {
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(e) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("could not read the body: {e}")))
+    let reserve = declared.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)).min(BODY_RESERVE_MAX);
+    let mut buf = BytesMut::with_capacity(reserve);
+    let mut body = req.into_body();
+    let start = Instant::now();
+    loop {
+        let deadline = tokio::time::Instant::from_std(pace.next_deadline(start, buf.len()));
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                metrics.guard.slow_bodies.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::body_too_slow(
+                    buf.len(),
+                    start.elapsed(),
+                    pace.timeout,
+                    pace.min_bytes_per_s,
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("could not read the body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(buf.freeze())
 }
 
 /// Checks the route's access rule against the `authorization` header.
@@ -118,10 +205,8 @@ fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<()
         Access::Peer if s.cluster_secret.is_none() => {
             Err(ApiError::unauthorized("this node has no cluster secret; its peer API is closed"))
         }
-        Access::Peer if holds(&s.cluster_secret) => Ok(()),
-        Access::Peer => Err(ApiError::unauthorized(
-            "the peer API needs the cluster secret: Authorization: Bearer <secret>",
-        )),
+        // The signature is checked once the body is read (`peer_auth.rs`).
+        Access::Peer => Ok(()),
     }
 }
 
@@ -197,6 +282,17 @@ mod tests {
             assert!(id.split_once('-').is_some_and(|(p, s)| p.len() == 8 && s.len() == 8), "{id}");
             assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()), "{id}");
         }
+    }
+
+    #[test]
+    fn a_body_earns_time_at_the_minimum_rate_after_a_grace_and_never_past_the_timeout() {
+        let start = Instant::now();
+        let pace = Pace { timeout: Duration::from_secs(10), min_bytes_per_s: 1000 };
+        assert_eq!(pace.next_deadline(start, 0), start + BODY_GRACE);
+        assert_eq!(pace.next_deadline(start, 2000), start + BODY_GRACE + Duration::from_secs(2));
+        assert_eq!(pace.next_deadline(start, 1 << 30), start + Duration::from_secs(10));
+        let no_rate = Pace { min_bytes_per_s: 0, ..pace };
+        assert_eq!(no_rate.next_deadline(start, 0), start + Duration::from_secs(10));
     }
 
     #[test]

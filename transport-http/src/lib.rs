@@ -60,6 +60,10 @@ mod metrics;
 #[cfg(feature = "server")]
 mod peer;
 #[cfg(feature = "server")]
+mod peer_auth;
+#[cfg(feature = "server")]
+mod probe;
+#[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
 mod snapshot;

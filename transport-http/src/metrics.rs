@@ -54,6 +54,23 @@ pub(crate) struct Metrics {
     pub(crate) health_checks_failed: AtomicU64,
     /// Active health checks skipped because every slot was busy.
     pub(crate) health_checks_skipped: AtomicU64,
+    /// The hardening counters (slow bodies, peer limits, refused checks).
+    pub(crate) guard: GuardMetrics,
+}
+
+/// Counters of the limits against hostile clients and peers.
+#[derive(Debug, Default)]
+pub(crate) struct GuardMetrics {
+    /// Request bodies cut for their deadline or for being too slow.
+    pub(crate) slow_bodies: AtomicU64,
+    /// Active health checks not run: the address is outside `health_check_allow`.
+    pub(crate) health_checks_refused: AtomicU64,
+    /// Expensive peer messages dropped by the per-peer reply rate limit.
+    pub(crate) peer_messages_throttled: AtomicU64,
+    /// Peer requests refused for a bad, stale or replayed signature.
+    pub(crate) peer_signatures_refused: AtomicU64,
+    /// Watches refused because too many unknown services are watched.
+    pub(crate) unknown_watches_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,6 +90,7 @@ impl Default for Metrics {
             health_checks_passed: AtomicU64::new(0),
             health_checks_failed: AtomicU64::new(0),
             health_checks_skipped: AtomicU64::new(0),
+            guard: GuardMetrics::default(),
         }
     }
 }
@@ -229,6 +247,46 @@ impl Metrics {
             s.events_dropped,
         );
         out
+    }
+
+    /// The hardening gauges and counters; `unknown_watched` from the snapshots.
+    pub(crate) fn render_guard(&self, out: &mut String, unknown_watched: usize) {
+        let g = &self.guard;
+        gauge(
+            out,
+            "muster_watched_unknown_services",
+            "Services watched that the node does not know (each holds a snapshot entry).",
+            unknown_watched as u64,
+        );
+        for (name, help, v) in [
+            (
+                "muster_slow_bodies_total",
+                "Request bodies cut for their deadline or minimum rate.",
+                &g.slow_bodies,
+            ),
+            (
+                "muster_health_checks_refused_total",
+                "Active health checks not run: address outside health_check_allow.",
+                &g.health_checks_refused,
+            ),
+            (
+                "muster_peer_messages_throttled_total",
+                "Expensive peer messages dropped by the per-peer reply rate limit.",
+                &g.peer_messages_throttled,
+            ),
+            (
+                "muster_peer_signatures_refused_total",
+                "Peer requests refused for a missing, bad, stale or replayed signature.",
+                &g.peer_signatures_refused,
+            ),
+            (
+                "muster_unknown_watches_refused_total",
+                "Watches refused because max_unknown_watched unknown services are watched.",
+                &g.unknown_watches_refused,
+            ),
+        ] {
+            counter(out, name, help, v.load(Ordering::Relaxed));
+        }
     }
 
     fn render_requests(&self, out: &mut String) {

@@ -9,8 +9,17 @@
 //! drops it.
 //!
 //! A request body is a sequence of frames, each prefixed by its length as a
-//! little-endian `u32`; its `authorization` header carries the cluster secret
-//! as a bearer token.
+//! little-endian `u32`; it is signed with an HMAC keyed by the cluster secret
+//! (`peer_auth.rs`), and the secret itself is never sent.
+//!
+//! Each queue is bounded in frames (`peer_queue`) and in bytes
+//! (`peer_queue_bytes`). Incoming messages whose answer costs the node more
+//! than they cost the sender (a digest root or bucket list answered with
+//! buckets or records, a snapshot page request) are admitted at most
+//! `peer_replies_per_s` per second per peer (a token bucket as deep as one
+//! second of that rate); the rest are dropped and counted, and anti-entropy
+//! asks again later. So one request, and one peer, can make the node send
+//! at most a bounded multiple of what it sends.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +28,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use muster_core::NodeId;
+use muster_core::{NodeId, PeerMessage};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{Secret, Settings};
 use crate::metrics::Metrics;
@@ -58,10 +68,72 @@ pub(crate) struct Peers {
 #[derive(Debug)]
 struct Link {
     id: NodeId,
-    queue: Mutex<VecDeque<Bytes>>,
+    queue: Mutex<Queue>,
     notify: Notify,
     capacity: usize,
+    /// Most bytes of frames queued.
+    capacity_bytes: usize,
     closed: AtomicBool,
+    /// Admits the expensive messages this peer sends us.
+    replies: Mutex<TokenBucket>,
+}
+
+/// Frames waiting for one peer, and their bytes.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.len();
+        Some(f)
+    }
+
+    fn push_back(&mut self, f: Bytes) {
+        self.bytes += f.len();
+        self.frames.push_back(f);
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` banked.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: u32, now: Instant) -> TokenBucket {
+        TokenBucket { rate: f64::from(rate), tokens: f64::from(rate), at: now }
+    }
+
+    /// Takes a token if one is there.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether answering `msg` costs the node more than receiving it did.
+pub(crate) fn is_expensive(msg: &PeerMessage) -> bool {
+    match msg {
+        PeerMessage::DigestRoot { .. }
+        | PeerMessage::DigestBuckets { .. }
+        | PeerMessage::SnapshotRequest { .. } => true,
+        PeerMessage::BucketRecords { reply, .. } => *reply,
+        _ => false,
+    }
 }
 
 impl Link {
@@ -86,7 +158,7 @@ impl Link {
         put_frame(&mut body, &first);
         let mut n = 1;
         while n < BATCH_FRAMES_MAX {
-            match q.front() {
+            match q.frames.front() {
                 Some(f) if body.len() + f.len() + 4 <= BATCH_BYTES_MAX => {
                     if let Some(f) = q.pop_front() {
                         put_frame(&mut body, &f);
@@ -100,7 +172,7 @@ impl Link {
     }
 
     fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).frames.len()
     }
 }
 
@@ -145,14 +217,17 @@ impl Peers {
         for id in &settings.core.peers {
             let link = Arc::new(Link {
                 id: id.clone(),
-                queue: Mutex::new(VecDeque::new()),
+                queue: Mutex::new(Queue::default()),
                 notify: Notify::new(),
                 capacity: settings.http.peer_queue,
+                capacity_bytes: settings.http.peer_queue_bytes,
                 closed: AtomicBool::new(false),
+                replies: Mutex::new(TokenBucket::new(settings.http.peer_replies_per_s, Instant::now())),
             });
             let sender = Sender {
                 link: Arc::clone(&link),
                 client: client.clone(),
+                me: settings.core.node_id.clone(),
                 secret: settings.cluster_secret.clone(),
                 timeout: settings.http.peer_timeout,
                 metrics: Arc::clone(&metrics),
@@ -163,8 +238,9 @@ impl Peers {
         (Arc::new(Peers { links, metrics }), tasks)
     }
 
-    /// Queues a frame for a peer; never waits. Drops the oldest frame when
-    /// the queue is full.
+    /// Queues a frame for a peer; never waits. Drops the oldest frames
+    /// while the queue is full in frames or bytes (a frame larger than the
+    /// byte bound goes alone).
     pub(crate) fn send(&self, to: &NodeId, frame: Vec<u8>) {
         let Some(link) = self.links.get(to) else {
             tracing::debug!(peer = %to, "frame for a node that is not a peer dropped");
@@ -172,13 +248,22 @@ impl Peers {
         };
         {
             let mut q = link.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if q.len() >= link.capacity {
+            while !q.frames.is_empty()
+                && (q.frames.len() >= link.capacity || q.bytes + frame.len() > link.capacity_bytes)
+            {
                 q.pop_front();
                 self.metrics.peer_frames_dropped.fetch_add(1, Ordering::Relaxed);
             }
             q.push_back(Bytes::from(frame));
         }
         link.notify.notify_one();
+    }
+
+    /// Whether an expensive message from `from` may be answered now (see the
+    /// module doc); messages from nodes that are not peers are not.
+    pub(crate) fn admit_expensive(&self, from: &NodeId) -> bool {
+        let Some(link) = self.links.get(from) else { return false };
+        link.replies.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now())
     }
 
     /// Frames waiting per peer.
@@ -201,6 +286,8 @@ impl Peers {
 struct Sender {
     link: Arc<Link>,
     client: HttpClient,
+    /// This node's id, signed into every request.
+    me: NodeId,
     secret: Option<Secret>,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -243,15 +330,14 @@ impl Sender {
     }
 
     async fn post(&self, uri: &Uri, body: Bytes) -> Result<(), String> {
-        let mut req = hyper::Request::new(Full::new(body));
+        let mut req = hyper::Request::new(Full::new(body.clone()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         let headers = req.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(FRAMES_CONTENT_TYPE));
         if let Some(secret) = &self.secret {
-            let value =
-                HeaderValue::from_str(&format!("Bearer {}", secret.as_str())).map_err(|e| e.to_string())?;
-            headers.insert(AUTHORIZATION, value);
+            // Signed afresh on every attempt: a retry is a new request.
+            crate::peer_auth::sign(headers, secret, &self.me, &body)?;
         }
         let send = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
@@ -297,10 +383,12 @@ mod tests {
         let id = NodeId::parse("127.0.0.1:1").unwrap();
         let link = Arc::new(Link {
             id: id.clone(),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             capacity: 2,
+            capacity_bytes: 1 << 20,
             closed: AtomicBool::new(false),
+            replies: Mutex::new(TokenBucket::new(1, Instant::now())),
         });
         let peers = Peers { links: [(id.clone(), Arc::clone(&link))].into_iter().collect(), metrics };
         for f in [b"1", b"2", b"3"] {
@@ -310,5 +398,40 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(split_frames(&body).unwrap(), vec![&b"2"[..], &b"3"[..]]);
         assert_eq!(peers.metrics.peer_frames_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_queue_full_in_bytes_drops_its_oldest_frames_but_keeps_the_new_one() {
+        let metrics = Arc::new(Metrics::default());
+        let id = NodeId::parse("127.0.0.1:1").unwrap();
+        let link = Arc::new(Link {
+            id: id.clone(),
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            capacity: 100,
+            capacity_bytes: 10,
+            closed: AtomicBool::new(false),
+            replies: Mutex::new(TokenBucket::new(1, Instant::now())),
+        });
+        let peers = Peers { links: [(id.clone(), Arc::clone(&link))].into_iter().collect(), metrics };
+        peers.send(&id, vec![1; 4]);
+        peers.send(&id, vec![2; 4]);
+        peers.send(&id, vec![3; 4]);
+        assert_eq!(link.queue.lock().unwrap().bytes, 8);
+        peers.send(&id, vec![4; 64]);
+        let (body, n) = link.take_batch().unwrap();
+        assert_eq!((n, body.len()), (1, 68), "only the big frame is left");
+        assert_eq!(peers.metrics.peer_frames_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(link.queue.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn a_token_bucket_admits_its_rate_per_second_and_no_more() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3, t0);
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3);
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        assert!(b.take(t0 + Duration::from_millis(400)));
+        assert_eq!((0..10).filter(|_| b.take(t0 + Duration::from_secs(60))).count(), 3);
     }
 }

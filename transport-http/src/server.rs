@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use muster_core::{ConfigError, Node};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -72,12 +72,11 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let mut core = settings.core.clone();
     core.wall_clock_ms = clock.wall_clock_ms();
     let node = Node::new(core, clock.now())?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
+    let listener = bind(settings.listen, settings.http.listen_backlog)
         .map_err(|source| RunError::Bind { addr: settings.listen, source })?;
     let stop = shutdown_signal()?;
     let metrics = Arc::new(Metrics::default());
-    let snapshots = Arc::new(Snapshots::default());
+    let snapshots = Arc::new(Snapshots::new(settings.http.max_unknown_watched));
     let (peers, peer_tasks) = Peers::start(&settings, Arc::clone(&metrics));
     let (driver, handle) = Driver::new(
         node,
@@ -86,7 +85,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         Arc::clone(&peers),
         Arc::clone(&snapshots),
         Arc::clone(&metrics),
-        settings.http.health_check_timeout,
+        &settings.http,
     );
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
@@ -99,6 +98,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         metrics,
         peers: Arc::clone(&peers),
         shutdown: shutdown_rx,
+        peer_verifier: crate::peer_auth::Verifier::default(),
         settings,
     });
     tracing::info!(
@@ -166,6 +166,18 @@ async fn accept(
         });
     }
     graceful
+}
+
+/// Binds the listen socket with an explicit backlog (the kernel caps it at
+/// `net.core.somaxconn`): bursts of simultaneous connects then wait in the
+/// queue instead of for a SYN retransmit.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As `std::net::TcpListener::bind` does on Unix: restarts reuse the port at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

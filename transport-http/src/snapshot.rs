@@ -12,7 +12,7 @@
 //! only) once rendered.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -39,13 +39,44 @@ impl Published {
 }
 
 /// The latest views, shared by the driver (writer) and the handlers.
-#[derive(Debug, Default)]
+///
+/// An entry of a service the node does not know (no record, no instance) is
+/// kept only while someone watches it, so that a change wakes the watcher:
+/// it is freed when its last watcher leaves ([`Snapshots::release`]), and at
+/// most `max_unknown` such entries exist at once (further watches of unknown
+/// services are refused), so watches of names that do not exist cannot grow
+/// the node's memory.
+#[derive(Debug)]
 pub(crate) struct Snapshots {
     services: RwLock<HashMap<ServiceKey, watch::Sender<Arc<Published>>>>,
     ready: AtomicBool,
+    /// Entries whose view is of an unknown service (changed under the write lock).
+    unknown: AtomicUsize,
+    max_unknown: usize,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        Snapshots::new(10_000)
+    }
+}
+
+/// Whether a view is of a service the node holds nothing of.
+fn is_unknown(view: &ServiceView) -> bool {
+    !view.known && view.instances.is_empty()
 }
 
 impl Snapshots {
+    /// Empty snapshots keeping at most `max_unknown` watched unknown services.
+    pub(crate) fn new(max_unknown: usize) -> Snapshots {
+        Snapshots {
+            services: RwLock::default(),
+            ready: AtomicBool::new(false),
+            unknown: AtomicUsize::new(0),
+            max_unknown,
+        }
+    }
+
     /// Whether the node has loaded the registry: reads are complete and
     /// writes are accepted.
     pub(crate) fn is_ready(&self) -> bool {
@@ -54,6 +85,11 @@ impl Snapshots {
 
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Entries of watched services the node does not know.
+    pub(crate) fn unknown_watched(&self) -> usize {
+        self.unknown.load(Ordering::Relaxed)
     }
 
     /// The latest published view of a service, if it has one.
@@ -77,21 +113,68 @@ impl Snapshots {
         self.services.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 
+    fn count(&self, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => {
+                self.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.unknown.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
     /// Publishes a view on first demand (driver only). A view of a service
     /// the node does not know is kept only when `watched`, so reads of names
-    /// that do not exist grow nothing.
-    pub(crate) fn insert(&self, view: Arc<ServiceView>, watched: bool) {
-        if !watched && !view.known && view.instances.is_empty() {
-            return;
+    /// that do not exist grow nothing. With `watched`, returns a receiver
+    /// taken under the same lock (so the entry cannot be released before the
+    /// watcher holds it), or `None` when the view is of an unknown service
+    /// and `max_unknown` of those are watched already.
+    pub(crate) fn insert(
+        &self,
+        view: Arc<ServiceView>,
+        watched: bool,
+    ) -> Option<watch::Receiver<Arc<Published>>> {
+        let unknown = is_unknown(&view);
+        if !watched && unknown {
+            return None;
         }
         let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
-        match map.get(&view.key) {
+        let tx = match map.get(&view.key) {
             Some(tx) => {
+                let before = is_unknown(&tx.borrow().view);
                 tx.send_replace(Published::new(view));
+                self.count(before, unknown);
+                tx
             }
             None => {
-                map.insert(view.key.clone(), watch::Sender::new(Published::new(view)));
+                if unknown && self.unknown.load(Ordering::Relaxed) >= self.max_unknown {
+                    return None;
+                }
+                self.count(false, unknown);
+                let key = view.key.clone();
+                map.entry(key).or_insert_with(|| watch::Sender::new(Published::new(view)))
             }
+        };
+        watched.then(|| tx.subscribe())
+    }
+
+    /// Frees the entry of an unknown service once nobody watches it
+    /// (handlers, after dropping their receiver).
+    pub(crate) fn release(&self, key: &ServiceKey) {
+        let orphan =
+            |tx: &watch::Sender<Arc<Published>>| tx.receiver_count() == 0 && is_unknown(&tx.borrow().view);
+        {
+            let map = self.services.read().unwrap_or_else(PoisonError::into_inner);
+            if !map.get(key).is_some_and(orphan) {
+                return;
+            }
+        }
+        let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        if map.get(key).is_some_and(orphan) {
+            map.remove(key);
+            self.count(true, false);
         }
     }
 
@@ -101,13 +184,17 @@ impl Snapshots {
     pub(crate) fn publish(&self, views: impl IntoIterator<Item = Arc<ServiceView>>) {
         let mut map = self.services.write().unwrap_or_else(PoisonError::into_inner);
         for view in views {
-            let empty = !view.known && view.instances.is_empty();
+            let empty = is_unknown(&view);
             match map.get(&view.key) {
                 Some(tx) if empty && tx.receiver_count() == 0 => {
+                    let before = is_unknown(&tx.borrow().view);
                     map.remove(&view.key);
+                    self.count(before, false);
                 }
                 Some(tx) => {
+                    let before = is_unknown(&tx.borrow().view);
                     tx.send_replace(Published::new(view));
+                    self.count(before, empty);
                 }
                 None => {}
             }

@@ -325,18 +325,30 @@ fn tokens_guard_writes_and_reads_and_health_stays_open() {
 fn the_peer_api_refuses_a_missing_or_wrong_secret() {
     let dir = scratch("peer-secret");
     let secret = secret_file(&dir);
-    let n = start("peer-secret", &["--cluster-secret-file", secret.to_str().unwrap()]);
+    // One configured peer (never started) for the signed requests to come from.
+    let fake_peer = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    let args = common::fast_with(&[
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+        "--peers",
+        &fake_peer,
+        "--startup-timeout-ms",
+        "500",
+    ]);
+    let n = Node::start(free_ports(1)[0], &args, &dir);
+    n.wait_ready(Duration::from_secs(10));
     let post = |auth: &[(&str, &str)], body: &[u8]| {
         request(&n.addr, "POST", "/cluster/v1/messages", auth, Some(body))
     };
     assert_eq!(post(&[], b"").status, 401);
     assert_eq!(post(&[("authorization", "Bearer test-cluster-secret-0123456789abcdeX")], b"").status, 401);
     assert_eq!(post(&[("authorization", "test-cluster-secret-0123456789abcdef")], b"").status, 401);
-    let good = [("authorization", "Bearer test-cluster-secret-0123456789abcdef")];
-    assert_eq!(post(&good, b"").status, 204);
-    let garbage = post(&good, &[3, 0, 0, 0, 1, 2, 3]);
+    // The secret itself, sent as a bearer token, is no longer accepted: requests are signed.
+    assert_eq!(post(&[("authorization", "Bearer test-cluster-secret-0123456789abcdef")], b"").status, 401);
+    assert_eq!(common::post_signed(&n, &fake_peer, &format!("{:032x}", 1), b"").status, 204);
+    let garbage = common::post_signed(&n, &fake_peer, &format!("{:032x}", 2), &[3, 0, 0, 0, 1, 2, 3]);
     assert_eq!((garbage.status, garbage.json()["error"]["code"].as_str()), (400, Some("bad_frame")));
-    assert_eq!(post(&good, &[9, 0, 0]).status, 400);
+    assert_eq!(common::post_signed(&n, &fake_peer, &format!("{:032x}", 3), &[9, 0, 0]).status, 400);
     assert_eq!(n.get("/health/ready").status, 200, "bad peer input must not hurt the node");
 }
 

@@ -5,14 +5,14 @@ use std::sync::atomic::Ordering;
 
 use hyper::{Response, StatusCode};
 use muster_core::message::decode;
-use muster_core::{PeerState, Timestamp};
+use muster_core::{NodeId, PeerState, Timestamp};
 use serde::Serialize;
 
 use super::AppState;
 use super::instances::millis;
 use crate::driver::PeerInput;
 use crate::error::{ApiError, Body, bytes_response, json_response};
-use crate::peer::split_frames;
+use crate::peer::{is_expensive, split_frames};
 
 /// `GET /v1/cluster/nodes`
 pub(super) async fn nodes(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
@@ -49,10 +49,16 @@ pub(super) async fn nodes(state: &Arc<AppState>) -> Result<Response<Body>, ApiEr
     Ok(json_response(StatusCode::OK, &Nodes { me: state.node_id.as_str(), ready: status.ready, nodes }))
 }
 
-/// `POST /cluster/v1/messages`: a batch of frames from a peer (the secret
-/// was checked by the Filter). Decoded here, merged by the driver later;
-/// answers once the messages are queued.
-pub(super) fn messages(state: &Arc<AppState>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+/// `POST /cluster/v1/messages`: a batch of frames from a peer whose
+/// signature the Filter verified (`from`). Decoded here (every frame must be
+/// from the signer), merged by the driver later; answers once the messages
+/// are queued. Expensive messages beyond the peer's reply rate are dropped
+/// (`peer.rs`).
+pub(super) fn messages(
+    state: &Arc<AppState>,
+    body: &[u8],
+    signer: &NodeId,
+) -> Result<Response<Body>, ApiError> {
     let refuse = |message: String| {
         state.metrics.peer_requests_refused.fetch_add(1, Ordering::Relaxed);
         ApiError::new(StatusCode::BAD_REQUEST, "bad_frame", message)
@@ -62,9 +68,20 @@ pub(super) fn messages(state: &Arc<AppState>, body: &[u8]) -> Result<Response<Bo
     let mut inputs = Vec::with_capacity(frames.len());
     for frame in frames {
         let (from, msg) = decode(frame).map_err(|e| refuse(e.to_string()))?;
+        if &from != signer {
+            return Err(refuse(format!(
+                "a frame says it is from {:?} but the request is signed by {signer}",
+                crate::error::echo(from.as_str())
+            )));
+        }
         inputs.push(PeerInput { from, msg });
     }
     for input in inputs {
+        if is_expensive(&input.msg) && !state.peers.admit_expensive(&input.from) {
+            state.metrics.guard.peer_messages_throttled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %input.from, kind = input.msg.kind(), "peer message over the reply rate dropped");
+            continue;
+        }
         state.driver.peer_message(input)?;
     }
     Ok(bytes_response(StatusCode::NO_CONTENT, "application/json", bytes::Bytes::new()))

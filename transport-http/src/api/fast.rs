@@ -73,7 +73,33 @@ struct RegisterJson<'a> {
     #[serde(default)]
     ephemeral: Option<bool>,
     #[serde(default)]
-    metadata: Option<BTreeMap<String, String>>,
+    metadata: Option<UniqueMap>,
+}
+
+/// A map of strings that refuses a repeated key (the generic path then names it).
+struct UniqueMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UniqueMap, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<UniqueMap, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = a.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A registration, if the body is a well-formed one.
@@ -86,7 +112,7 @@ pub(super) fn register(body: &[u8]) -> Option<RegisterRequest> {
         enabled: r.enabled,
         healthy: r.healthy,
         ephemeral: r.ephemeral,
-        metadata: r.metadata.unwrap_or_default(),
+        metadata: r.metadata.map(|m| m.0).unwrap_or_default(),
     })
 }
 
@@ -130,6 +156,7 @@ mod tests {
             br#"{"service":"orders","ip":"10.0.0.1","port":80.0}"#,
             br#"{"service":"orders","ip":"10.0.0.1","port":0}"#,
             br#"{"service":"orders","ip":"10.0.0.1","port":80,"port":81}"#,
+            br#"{"service":"orders","ip":"10.0.0.1","port":80,"metadata":{"a":"1","a":"2"}}"#,
             br#"not json"#,
         ] {
             assert!(register(body).is_none(), "{}", String::from_utf8_lossy(body));

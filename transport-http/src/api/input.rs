@@ -8,7 +8,7 @@ use std::time::Duration;
 use muster_core::{InstanceKey, InvalidInput, ServiceKey};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, echo};
 
 /// A parsed query string: each listed parameter at most once.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +53,7 @@ impl Query {
         self.get(name)
             .map(|v| {
                 v.parse::<i64>()
-                    .map_err(|_| ApiError::invalid(name, format!("must be an integer, got {v:?}")))
+                    .map_err(|_| ApiError::invalid(name, format!("must be an integer, got {:?}", echo(v))))
             })
             .transpose()
     }
@@ -80,7 +80,7 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(ApiError::invalid(name, format!("must be true or false, got {v:?}"))),
+        _ => Err(ApiError::invalid(name, format!("must be true or false, got {:?}", echo(v)))),
     }
 }
 
@@ -107,7 +107,8 @@ pub(crate) fn decode(s: &str) -> Option<String> {
 
 /// Parses a wait such as `500ms`, `30s` or `2m`.
 pub(crate) fn parse_duration(name: &str, v: &str) -> Result<Duration, ApiError> {
-    let bad = || ApiError::invalid(name, format!("must be a duration such as 500ms, 30s or 2m, got {v:?}"));
+    let bad =
+        || ApiError::invalid(name, format!("must be a duration such as 500ms, 30s or 2m, got {:?}", echo(v)));
     let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (digits, unit) = v.split_at(split);
     let n: u64 = digits.parse().map_err(|_| bad())?;
@@ -118,6 +119,92 @@ pub(crate) fn parse_duration(name: &str, v: &str) -> Result<Duration, ApiError> 
         _ => None,
     };
     ms.map(Duration::from_millis).ok_or_else(bad)
+}
+
+/// Parses JSON, refusing any object that repeats a key (serde_json would
+/// keep the last one silently): 400 naming the repeated field, with the same
+/// `a.b` / `beats[2].ip` paths as the other errors.
+pub(crate) fn parse_unique(body: &[u8]) -> Result<Value, ApiError> {
+    use serde::de::DeserializeSeed;
+    let repeated = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = Unique { path: String::new(), repeated: &repeated }.deserialize(&mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    match (parsed, repeated.into_inner()) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(field)) => Err(ApiError::invalid(field, "given more than once")),
+        (Err(e), None) => Err(ApiError::bad_json(format!("body is not valid JSON: {e}"))),
+    }
+}
+
+/// Builds a [`Value`] like serde_json does, recording the path of the first
+/// repeated key.
+struct Unique<'r> {
+    path: String,
+    repeated: &'r std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = a.next_element_seed(Unique {
+            path: format!("{}[{}]", self.path, out.len()),
+            repeated: self.repeated,
+        })? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let path = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
+            if out.contains_key(&k) {
+                *self.repeated.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            let v = a.next_value_seed(Unique { path, repeated: self.repeated })?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// A JSON object being taken apart field by field.
@@ -134,8 +221,7 @@ impl Obj {
         if body.is_empty() {
             return Err(ApiError::bad_json("a JSON object body is required"));
         }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_json(format!("body is not valid JSON: {e}")))?;
+        let value = parse_unique(body)?;
         Obj::from_value(value, allowed, String::new())
     }
 
@@ -321,6 +407,18 @@ mod tests {
         assert_eq!(o.string_map("metadata").unwrap_err().field.as_deref(), Some("metadata"));
         let mut o = Obj::from_body(br#"{"port":1.5}"#, &["port"]).unwrap();
         assert!(o.int("port").is_err());
+    }
+
+    #[test]
+    fn a_repeated_json_key_is_refused_by_its_path() {
+        let field =
+            |body: &str| Obj::from_body(body.as_bytes(), &["a", "beats", "metadata"]).unwrap_err().field;
+        assert_eq!(field(r#"{"a":1,"a":2}"#).as_deref(), Some("a"));
+        assert_eq!(field(r#"{"metadata":{"k":"1","k":"2"}}"#).as_deref(), Some("metadata.k"));
+        assert_eq!(field(r#"{"beats":[{},{"ip":1,"ip":2}]}"#).as_deref(), Some("beats[1].ip"));
+        assert_eq!(Obj::from_body(br#"{"a":1} x"#, &["a"]).unwrap_err().code, "bad_json");
+        let v = parse_unique(br#"{"a":[1,-0.5,"s",null,true,{"b":{}}]}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a":[1,-0.5,"s",null,true,{"b":{}}]}));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
+use muster_core::lease::META_HEALTH_CHECK;
 use muster_core::{
     BeatReply, Checksum, Field, InstanceView, Name, QueryAnswer, RegisterRequest, Reply, Request, Selector,
     ServiceKey, UpdateRequest,
@@ -24,7 +25,7 @@ pub(super) async fn register(
     allowed: &[&str],
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let req = match super::fast::register(body) {
+    let mut req = match super::fast::register(body) {
         Some(req) => req,
         None => {
             let mut o = Obj::from_body(body, allowed)?;
@@ -39,6 +40,7 @@ pub(super) async fn register(
             }
         }
     };
+    check_registration(state, &mut req)?;
     match state.driver.request(Request::Register(req)).await? {
         Reply::Registered(r) => {
             #[derive(Serialize)]
@@ -56,6 +58,33 @@ pub(super) async fn register(
         }
         other => Err(unexpected(&other)),
     }
+}
+
+/// Refusals and normalisations the generic and fast paths share: `-0.0`
+/// weights become `0`; `healthy: false` for an ephemeral instance is refused
+/// as on PATCH (its health comes from heartbeats); a persistent instance that
+/// would need an active check the node does not run (`probe.rs`) is refused.
+fn check_registration(state: &AppState, req: &mut RegisterRequest) -> Result<(), ApiError> {
+    req.weight = req.weight.map(normalise_weight);
+    let ephemeral = req.ephemeral.unwrap_or(true);
+    if ephemeral && req.healthy == Some(false) {
+        return Err(ApiError::invalid("healthy", EPHEMERAL_HEALTH));
+    }
+    let check = req.metadata.get(META_HEALTH_CHECK).map(String::as_str);
+    if let Some((field, message)) = crate::probe::refusal(&state.settings.http, &req.key.ip, ephemeral, check)
+    {
+        return Err(ApiError::invalid(field, message));
+    }
+    Ok(())
+}
+
+/// The message of a refused `healthy` on an ephemeral instance.
+const EPHEMERAL_HEALTH: &str =
+    "ephemeral instances take their health from heartbeats; only persistent ones accept it";
+
+/// `-0.0` is `0`: one weight, one checksum.
+fn normalise_weight(w: f64) -> f64 {
+    if w == 0.0 { 0.0 } else { w }
 }
 
 /// `PUT /v1/instances/beat`: one instance key, or `{"beats": [keys]}`.
@@ -146,7 +175,7 @@ pub(super) async fn update(
     let mut o = Obj::from_body(body, allowed)?;
     let key = o.instance_key()?;
     let upd = UpdateRequest {
-        weight: o.num("weight")?,
+        weight: o.num("weight")?.map(normalise_weight),
         enabled: o.bool("enabled")?,
         healthy: o.bool("healthy")?,
         metadata: o.string_map("metadata")?,
@@ -184,7 +213,7 @@ pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<B
             Checksum::parse(c).ok_or_else(|| {
                 ApiError::invalid(
                     "checksum",
-                    format!("must be 16 hex digits as returned by a query, got {c:?}"),
+                    format!("must be 16 hex digits as returned by a query, got {:?}", crate::error::echo(c)),
                 )
             })
         })
@@ -215,7 +244,7 @@ async fn published(
     if let Some(p) = state.snapshots.get(key) {
         return Ok(p);
     }
-    let view = state.driver.load_view(key.clone(), watched).await?;
+    let (view, _) = state.driver.load_view(key.clone(), watched).await?;
     Ok(state.snapshots.get(key).unwrap_or_else(|| Published::new(view)))
 }
 
@@ -259,13 +288,20 @@ async fn long_poll(
 ) -> Result<Response<Body>, ApiError> {
     let _guard = WatchGuard::acquire(state)?;
     let deadline = tokio::time::Instant::now() + wait;
-    let mut views = match state.snapshots.subscribe(&key) {
+    let rx = match state.snapshots.subscribe(&key) {
         Some(rx) => rx,
-        None => {
-            published(state, &key, true).await?;
-            state.snapshots.subscribe(&key).ok_or_else(ApiError::shutting_down)?
-        }
+        None => match state.driver.load_view(key.clone(), true).await? {
+            (_, Some(rx)) => rx,
+            (_, None) => {
+                state.metrics.guard.unknown_watches_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::too_many_unknown_watches(state.settings.http.max_unknown_watched));
+            }
+        },
     };
+    // Frees the entry of an unknown service when this was its last watcher,
+    // also when the client goes away mid-wait (the future is dropped).
+    let mut sub = Subscription { state, key, rx: Some(rx) };
+    let Some(views) = sub.rx.as_mut() else { return Err(ApiError::shutting_down()) };
     let mut shutdown = state.shutdown.clone();
     loop {
         let published = Arc::clone(&views.borrow_and_update());
@@ -281,6 +317,21 @@ async fn long_poll(
             () = tokio::time::sleep_until(deadline) => return Ok(answer(&published, &selector)),
             _ = shutdown.changed() => return Ok(answer(&published, &selector)),
         }
+    }
+}
+
+/// A watcher's receiver; dropping it releases the snapshot entry if it was
+/// the last watcher of an unknown service.
+struct Subscription<'a> {
+    state: &'a AppState,
+    key: ServiceKey,
+    rx: Option<tokio::sync::watch::Receiver<Arc<Published>>>,
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        self.rx = None;
+        self.state.snapshots.release(&self.key);
     }
 }
 

@@ -280,19 +280,25 @@ pub(crate) struct AppState {
     pub(crate) peers: Arc<Peers>,
     /// Turns true when the node shuts down (wakes long polls).
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Nonces of signed peer requests already accepted (refuses replays).
+    pub(crate) peer_verifier: crate::peer_auth::Verifier,
 }
 
-/// Runs the handler of a matched, authorised request.
+/// Runs the handler of a matched, authorised request; `peer` is the sender
+/// of a verified peer request.
 pub(crate) async fn dispatch(
     state: &Arc<AppState>,
     m: &Matched,
     query: Option<&str>,
     body: Bytes,
+    peer: Option<&NodeId>,
 ) -> Result<Response<Body>, ApiError> {
     if m.route.needs_ready && !state.snapshots.is_ready() {
         return Err(ApiError::not_ready());
     }
-    let q = || input::Query::parse(query, m.route.query);
+    // Every route refuses unknown query parameters alike, also those that take none.
+    let parsed = input::Query::parse(query, m.route.query)?;
+    let q = || Ok::<_, ApiError>(parsed.clone());
     let service = m.param.as_deref().unwrap_or_default();
     match m.route.handler {
         Handler::RegisterInstance => instances::register(state, m.route.body, &body).await,
@@ -309,7 +315,10 @@ pub(crate) async fn dispatch(
         Handler::Live => Ok(health::live()),
         Handler::Ready => Ok(health::ready(state)),
         Handler::Metrics => health::metrics(state).await,
-        Handler::PeerMessages => cluster::messages(state, &body),
+        Handler::PeerMessages => match peer {
+            Some(from) => cluster::messages(state, &body, from),
+            None => Err(ApiError::unauthorized("this node has no cluster secret; its peer API is closed")),
+        },
     }
 }
 

@@ -144,6 +144,11 @@ impl Node {
         }
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -368,4 +373,67 @@ pub fn instances_where(node: &Node, service: &str, extra: &str) -> Value {
     let r = node.get(&format!("/v1/instances?service={service}&{extra}"));
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
+}
+
+/// The secret [`secret_file`] writes.
+pub const TEST_SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+/// Resident memory of a process, KiB (Linux `/proc`); `None` elsewhere.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Wall clock, Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The headers of a peer request signed as the docs of `peer_auth.rs`
+/// describe: HMAC-SHA256 keyed by the cluster secret over
+/// `"muster-peer-v1\n" from "\n" timestamp "\n" nonce "\n" body`.
+pub fn peer_headers(
+    secret: &str,
+    from: &str,
+    timestamp_ms: u64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(format!("muster-peer-v1\n{from}\n{timestamp_ms}\n{nonce}\n").as_bytes());
+    m.update(body);
+    let tag: String = m.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        ("x-muster-from".to_owned(), from.to_owned()),
+        ("x-muster-timestamp".to_owned(), timestamp_ms.to_string()),
+        ("x-muster-nonce".to_owned(), nonce.to_owned()),
+        ("authorization".to_owned(), format!("Muster-HMAC-SHA256 {tag}")),
+    ]
+}
+
+/// A body of length-prefixed frames, as peers send.
+pub fn frames_body(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for f in frames {
+        body.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        body.extend_from_slice(f);
+    }
+    body
+}
+
+/// Posts a signed batch of frames to `node`'s peer API as `from`.
+pub fn post_signed(node: &Node, from: &str, nonce: &str, body: &[u8]) -> Resp {
+    let headers = peer_headers(TEST_SECRET, from, unix_ms(), nonce, body);
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    request(&node.addr, "POST", "/cluster/v1/messages", &h, Some(body))
+}
+
+/// The value of an unlabelled metric (or one line's full name with labels).
+pub fn metric(node: &Node, name: &str) -> Option<f64> {
+    let text = node.get("/metrics").text();
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
