@@ -151,6 +151,28 @@ pub struct ServeArgs {
     #[arg(long, env = "MUSTER_SEED", value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Nacos API: whether `udpPort` on `/nacos/v1/ns/instance/list` subscribes to UDP pushes [default: true].
+    #[arg(long, env = "MUSTER_NACOS_UDP_PUSH", value_name = "BOOL")]
+    pub nacos_udp_push: Option<bool>,
+    /// Nacos API: most UDP push subscribers on the node [default: 10000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_SUBSCRIBERS", value_name = "N")]
+    pub nacos_push_max_subscribers: Option<usize>,
+    /// Nacos API: most UDP push subscribers of one service [default: 1000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_SUBSCRIBERS_PER_SERVICE", value_name = "N")]
+    pub nacos_push_max_subscribers_per_service: Option<usize>,
+    /// Nacos API: largest push datagram after gzip; larger pushes are skipped, bytes [default: 4096].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_PACKET_BYTES", value_name = "BYTES")]
+    pub nacos_push_max_packet_bytes: Option<usize>,
+    /// Nacos API: wait for a push's ack before it is sent again, ms [default: 1000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_ACK_TIMEOUT_MS", value_name = "MS")]
+    pub nacos_push_ack_timeout_ms: Option<u64>,
+    /// Nacos API: resends of an unacknowledged push [default: 2].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_RETRIES", value_name = "N")]
+    pub nacos_push_retries: Option<u32>,
+    /// Nacos API: a push subscriber that has not listed its service for this long is forgotten, ms [default: 30000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_SUBSCRIBER_TTL_MS", value_name = "MS")]
+    pub nacos_push_subscriber_ttl_ms: Option<u64>,
+
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -233,6 +255,8 @@ pub struct Settings {
     pub(crate) http: HttpSettings,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
+    /// The Nacos adapter's settings.
+    pub(crate) nacos: crate::compat::nacos::NacosSettings,
 }
 
 impl Settings {
@@ -273,6 +297,11 @@ impl ServeArgs {
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
         );
+        fill_from!(self, file;
+            nacos_udp_push, nacos_push_max_subscribers, nacos_push_max_subscribers_per_service,
+            nacos_push_max_packet_bytes, nacos_push_ack_timeout_ms, nacos_push_retries,
+            nacos_push_subscriber_ttl_ms,
+        );
         Ok(self)
     }
 
@@ -303,7 +332,9 @@ impl ServeArgs {
         }
         let core = self.core_config(node_id, peers)?;
         let http = self.http_settings()?;
+        let nacos = self.nacos_settings()?;
         Ok(Settings {
+            nacos,
             core,
             listen,
             cluster_secret,

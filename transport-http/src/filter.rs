@@ -18,6 +18,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{self, Access, AppState, Matched};
+use crate::compat;
 use crate::error::{ApiError, Body};
 
 /// The request-id header.
@@ -37,19 +38,25 @@ pub(crate) async fn handle(
     // A clone of the URI shares its bytes with the request: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
-    let (route, mut resp) = match api::find(&method, path) {
-        Err(e) => (None, e.response()),
-        Ok(m) => {
-            let resp = match serve(&state, &m, uri.query(), req).await {
-                Ok(resp) => resp,
-                Err(e) => e.response(),
-            };
-            (Some(m.index), resp)
-        }
+    let foreign = compat::api_of(path);
+    let (route, mut resp) = match foreign {
+        compat::Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
+        compat::Api::Native => match api::find(&method, path) {
+            Err(e) => (None, e.response()),
+            Ok(m) => {
+                let resp = match serve(&state, &m, uri.query(), req).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.response(),
+                };
+                (Some(m.index), resp)
+            }
+        },
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
-    state.metrics.count_request(route, status);
+    if foreign == compat::Api::Native {
+        state.metrics.count_request(route, status);
+    }
     tracing::info!(
         target: "muster::access",
         method = %method,
@@ -82,7 +89,7 @@ async fn serve(
 }
 
 /// Reads a body of at most `limit` bytes; 413 past it.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {

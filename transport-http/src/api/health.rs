@@ -26,6 +26,7 @@ pub(super) fn ready(state: &Arc<AppState>) -> Response<Body> {
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let status = state.driver.status().await?;
-    let text = state.metrics.render(&status, &state.peers.queue_depths());
+    let mut text = state.metrics.render(&status, &state.peers.queue_depths());
+    state.nacos.render_metrics(&mut text);
     Ok(bytes_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(text)))
 }
