@@ -181,6 +181,28 @@ pub struct ServeArgs {
     #[arg(long, env = "MUSTER_SEED", value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Nacos API: whether `udpPort` on `/nacos/v1/ns/instance/list` subscribes to UDP pushes [default: true].
+    #[arg(long, env = "MUSTER_NACOS_UDP_PUSH", value_name = "BOOL")]
+    pub nacos_udp_push: Option<bool>,
+    /// Nacos API: most UDP push subscribers on the node [default: 10000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_SUBSCRIBERS", value_name = "N")]
+    pub nacos_push_max_subscribers: Option<usize>,
+    /// Nacos API: most UDP push subscribers of one service [default: 1000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_SUBSCRIBERS_PER_SERVICE", value_name = "N")]
+    pub nacos_push_max_subscribers_per_service: Option<usize>,
+    /// Nacos API: largest push datagram after gzip; larger pushes are skipped, bytes [default: 4096].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_MAX_PACKET_BYTES", value_name = "BYTES")]
+    pub nacos_push_max_packet_bytes: Option<usize>,
+    /// Nacos API: wait for a push's ack before it is sent again, ms [default: 1000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_ACK_TIMEOUT_MS", value_name = "MS")]
+    pub nacos_push_ack_timeout_ms: Option<u64>,
+    /// Nacos API: resends of an unacknowledged push [default: 2].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_RETRIES", value_name = "N")]
+    pub nacos_push_retries: Option<u32>,
+    /// Nacos API: a push subscriber that has not listed its service for this long is forgotten, ms [default: 30000].
+    #[arg(long, env = "MUSTER_NACOS_PUSH_SUBSCRIBER_TTL_MS", value_name = "MS")]
+    pub nacos_push_subscriber_ttl_ms: Option<u64>,
+
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -278,6 +300,8 @@ pub struct Settings {
     pub(crate) http: HttpSettings,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
+    /// The Nacos adapter's settings.
+    pub(crate) nacos: crate::compat::nacos::NacosSettings,
 }
 
 impl Settings {
@@ -322,6 +346,9 @@ impl ServeArgs {
             listen_backlog, body_timeout_ms, body_min_bytes_per_s, max_peer_body_bytes,
             peer_queue_bytes, peer_replies_per_s, peer_clock_window_ms, max_unknown_watched,
             health_checks, health_check_allow,
+            nacos_udp_push, nacos_push_max_subscribers, nacos_push_max_subscribers_per_service,
+            nacos_push_max_packet_bytes, nacos_push_ack_timeout_ms, nacos_push_retries,
+            nacos_push_subscriber_ttl_ms,
         );
         Ok(self)
     }
@@ -353,7 +380,9 @@ impl ServeArgs {
         }
         let core = self.core_config(node_id, peers)?;
         let http = self.http_settings()?;
+        let nacos = self.nacos_settings()?;
         Ok(Settings {
+            nacos,
             core,
             listen,
             cluster_secret,

@@ -19,6 +19,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{self, Access, AppState, Matched};
+use crate::compat;
 use crate::error::{ApiError, Body};
 use crate::metrics::Metrics;
 use crate::peer_auth::Signed;
@@ -40,19 +41,25 @@ pub(crate) async fn handle(
     // A clone of the URI shares its bytes with the request: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
-    let (route, mut resp) = match api::find(&method, path) {
-        Err(e) => (None, e.response()),
-        Ok(m) => {
-            let resp = match serve(&state, &m, uri.query(), req).await {
-                Ok(resp) => resp,
-                Err(e) => e.response(),
-            };
-            (Some(m.index), resp)
-        }
+    let foreign = compat::api_of(path);
+    let (route, mut resp) = match foreign {
+        compat::Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
+        compat::Api::Native => match api::find(&method, path) {
+            Err(e) => (None, e.response()),
+            Ok(m) => {
+                let resp = match serve(&state, &m, uri.query(), req).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.response(),
+                };
+                (Some(m.index), resp)
+            }
+        },
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
-    state.metrics.count_request(route, status);
+    if foreign == compat::Api::Native {
+        state.metrics.count_request(route, status);
+    }
     tracing::info!(
         target: "muster::access",
         method = %method,
@@ -131,6 +138,14 @@ impl Pace {
         let earned = Duration::from_secs_f64(received as f64 / self.min_bytes_per_s as f64);
         hard.min(start + BODY_GRACE + earned)
     }
+}
+
+/// Reads a client request body under the node's limits (`max_body_bytes`
+/// and the body pace): the one body reader of the compatibility adapters.
+pub(crate) async fn read_client_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let http = &state.settings.http;
+    let pace = Pace { timeout: http.body_timeout, min_bytes_per_s: http.body_min_bytes_per_s };
+    read_body(req, http.max_body_bytes, pace, &state.metrics).await
 }
 
 /// Reads a body of at most `limit` bytes (413 past it) within `pace` (408

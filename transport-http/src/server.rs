@@ -91,7 +91,16 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_timeout = settings.http.shutdown_timeout;
+    let nacos_push = crate::compat::nacos::Push::start(
+        &settings.nacos,
+        settings.listen.ip(),
+        Arc::clone(&snapshots),
+        handle.clone(),
+        settings.core.timings.clone(),
+    );
+    let nacos = crate::compat::nacos::Nacos::new(nacos_push, settings.core.limits.max_services);
     let state = Arc::new(AppState {
+        nacos,
         node_id: settings.core.node_id.clone(),
         driver: handle,
         snapshots,

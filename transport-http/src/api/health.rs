@@ -28,5 +28,6 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, Api
     let status = state.driver.status().await?;
     let mut text = state.metrics.render(&status, &state.peers.queue_depths());
     state.metrics.render_guard(&mut text, state.snapshots.unknown_watched());
+    state.nacos.render_metrics(&mut text);
     Ok(bytes_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(text)))
 }

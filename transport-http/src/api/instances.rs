@@ -236,8 +236,8 @@ pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<B
 }
 
 /// The published view of a service, published first if nobody read it yet.
-async fn published(
-    state: &Arc<AppState>,
+pub(crate) async fn published(
+    state: &AppState,
     key: &ServiceKey,
     watched: bool,
 ) -> Result<Arc<Published>, ApiError> {

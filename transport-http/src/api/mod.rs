@@ -9,11 +9,13 @@
 mod cluster;
 mod fast;
 mod health;
-mod input;
+pub(crate) mod input;
 mod instances;
 #[cfg(test)]
 mod openapi;
 mod services;
+
+pub(crate) use instances::published;
 
 use std::sync::Arc;
 
@@ -282,6 +284,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Nonces of signed peer requests already accepted (refuses replays).
     pub(crate) peer_verifier: crate::peer_auth::Verifier,
+    /// The Nacos adapter's state (push subscribers, rendered listings).
+    pub(crate) nacos: crate::compat::nacos::Nacos,
 }
 
 /// Runs the handler of a matched, authorised request; `peer` is the sender
