@@ -151,6 +151,22 @@ pub struct ServeArgs {
     #[arg(long, env = "MUSTER_SEED", value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Path prefix of the Eureka REST API; `off` turns it off [default: /eureka].
+    #[arg(long, env = "MUSTER_EUREKA_PREFIX", value_name = "PATH")]
+    pub eureka_prefix: Option<String>,
+    /// Namespace that Eureka apps live in [default: public].
+    #[arg(long, env = "MUSTER_EUREKA_NAMESPACE", value_name = "NAME")]
+    pub eureka_namespace: Option<String>,
+    /// Group that Eureka apps live in [default: DEFAULT_GROUP].
+    #[arg(long, env = "MUSTER_EUREKA_GROUP", value_name = "NAME")]
+    pub eureka_group: Option<String>,
+    /// How long a change stays in the Eureka delta (`/apps/delta`), ms [default: 180000].
+    #[arg(long, env = "MUSTER_EUREKA_DELTA_RETENTION_MS", value_name = "MS")]
+    pub eureka_delta_retention_ms: Option<u64>,
+    /// Most changes kept for the Eureka delta; older ones make clients fetch everything [default: 10000].
+    #[arg(long, env = "MUSTER_EUREKA_MAX_DELTA_CHANGES", value_name = "N")]
+    pub eureka_max_delta_changes: Option<usize>,
+
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -173,7 +189,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
         SettingsError { key: key.into(), message: message.into() }
     }
 }
@@ -231,6 +247,7 @@ pub struct Settings {
     pub(crate) write_token: Option<Secret>,
     pub(crate) read_token: Option<Secret>,
     pub(crate) http: HttpSettings,
+    pub(crate) eureka: crate::compat::eureka::EurekaSettings,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
 }
@@ -273,6 +290,10 @@ impl ServeArgs {
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
         );
+        fill_from!(self, file;
+            eureka_prefix, eureka_namespace, eureka_group, eureka_delta_retention_ms,
+            eureka_max_delta_changes,
+        );
         Ok(self)
     }
 
@@ -303,6 +324,7 @@ impl ServeArgs {
         }
         let core = self.core_config(node_id, peers)?;
         let http = self.http_settings()?;
+        let eureka = crate::compat::eureka::EurekaSettings::from_args(&self)?;
         Ok(Settings {
             core,
             listen,
@@ -310,6 +332,7 @@ impl ServeArgs {
             write_token,
             read_token,
             http,
+            eureka,
             log_level: self.log_level.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or_default(),
         })

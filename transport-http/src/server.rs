@@ -99,6 +99,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         metrics,
         peers: Arc::clone(&peers),
         shutdown: shutdown_rx,
+        eureka: crate::compat::eureka::Eureka::new(&settings.eureka),
         settings,
     });
     tracing::info!(

@@ -9,7 +9,7 @@
 mod cluster;
 mod fast;
 mod health;
-mod input;
+pub(crate) mod input;
 mod instances;
 #[cfg(test)]
 mod openapi;
@@ -280,6 +280,8 @@ pub(crate) struct AppState {
     pub(crate) peers: Arc<Peers>,
     /// Turns true when the node shuts down (wakes long polls).
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The Eureka adapter's change history and rendered answers.
+    pub(crate) eureka: crate::compat::eureka::Eureka,
 }
 
 /// Runs the handler of a matched, authorised request.
