@@ -338,6 +338,9 @@ fn malformed_bodies_wrong_methods_and_unknown_paths_are_refused_and_change_nothi
     assert_eq!(eureka(&node, "GET", "/apps/SVC/%ZZ", &[], None).status, 400);
     assert_eq!(eureka(&node, "GET", "/apps/bad%20name", &[], None).status, 400);
     assert_eq!(request(&node.addr, "GET", "/eurekaX/apps", &[], None).status, 404, "not under the prefix");
+    let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+    let r = eureka(&node, "PUT", &format!("/apps/SVC/x/metadata?{}", many.join("&")), &[], None);
+    assert_eq!(r.status, 400, "at most 64 query parameters: {}", r.text());
 
     assert!(native_instances(&node, "SVC").is_empty(), "nothing was registered");
     assert_eq!(apps_json(&node, "/apps")["applications"]["apps__hashcode"], "");
@@ -355,6 +358,67 @@ fn the_prefix_is_configurable_and_the_api_can_be_turned_off() {
     register(&group, "SVC", "127.0.0.5", 7000);
     let r = group.get("/v1/instances?service=SVC&namespace=legacy&group=EUREKA");
     assert_eq!(r.json()["instances"].as_array().unwrap().len(), 1, "{}", r.text());
+}
+
+#[test]
+fn a_delta_fetched_from_another_node_brings_a_full_copy_to_the_registry_hashcode_at_300_instances() {
+    let nodes = cluster("eureka-size", 3, &[]);
+    for i in 0..300u16 {
+        register(&nodes[0], &format!("APP-{}", i % 3), "127.0.0.1", 10_000 + i);
+    }
+    let count = |v: &Value| listed(v).len();
+    wait_until(Duration::from_secs(10), "300 instances on node 2", || {
+        count(&apps_json(&nodes[2], "/apps")) == 300
+    });
+    // A client's copy: the full fetch from node 2.
+    let full = apps_json(&nodes[2], "/apps");
+    assert_eq!(full["applications"]["apps__hashcode"], "UP_300_");
+    let mut copy: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for app in full["applications"]["application"].as_array().unwrap() {
+        for i in app["instance"].as_array().unwrap() {
+            copy.insert(
+                i["instanceId"].as_str().unwrap().to_owned(),
+                i["status"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    // Changes through node 1: ten cancels, ten status overrides.
+    for i in 0..10u16 {
+        let app = format!("APP-{}", i % 3);
+        let id = format!("127.0.0.1:{}:{}", app.to_ascii_lowercase(), 10_000 + i);
+        assert_eq!(eureka(&nodes[1], "DELETE", &format!("/apps/{app}/{id}"), &[], None).status, 200);
+        let j = i + 100;
+        let app = format!("APP-{}", j % 3);
+        let id = format!("127.0.0.1:{}:{}", app.to_ascii_lowercase(), 10_000 + j);
+        let path = format!("/apps/{app}/{id}/status?value=OUT_OF_SERVICE");
+        assert_eq!(eureka(&nodes[1], "PUT", &path, &[], None).status, 200);
+    }
+    wait_until(Duration::from_secs(10), "the changes on node 2", || {
+        apps_json(&nodes[2], "/apps")["applications"]["apps__hashcode"] == "OUT_OF_SERVICE_10_UP_280_"
+    });
+    // The client applies the delta from node 2 as Eureka clients do and
+    // arrives at the hashcode the delta carries.
+    let delta = apps_json(&nodes[2], "/apps/delta");
+    for app in delta["applications"]["application"].as_array().unwrap() {
+        for i in app["instance"].as_array().unwrap() {
+            let id = i["instanceId"].as_str().unwrap().to_owned();
+            match i["actionType"].as_str().unwrap() {
+                "DELETED" => {
+                    copy.remove(&id);
+                }
+                _ => {
+                    copy.insert(id, i["status"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for status in copy.values() {
+        *counts.entry(status.as_str()).or_default() += 1;
+    }
+    let mine: String = counts.iter().map(|(s, n)| format!("{s}_{n}_")).collect();
+    assert_eq!(mine, "OUT_OF_SERVICE_10_UP_280_");
+    assert_eq!(delta["applications"]["apps__hashcode"], mine.as_str());
 }
 
 /// The venv python with py-eureka-client (`scripts/setup-python.sh`).

@@ -20,7 +20,8 @@ use muster_core::{
     Checksum, InstanceView, Name, Reply, Request, Selector, ServiceFilter, ServiceKey, ServiceView,
 };
 use serde_json::Value;
-use tokio::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{EurekaError, EurekaSettings, wire};
 use crate::api::AppState;
@@ -45,6 +46,8 @@ pub(super) struct App {
 #[derive(Debug, Default)]
 struct Inner {
     started: bool,
+    /// The ticket of the newest generation applied.
+    applied: u64,
     apps: Vec<App>,
     changes: VecDeque<Change>,
     /// Bumped when the apps change.
@@ -63,6 +66,9 @@ struct Inner {
 pub(crate) struct History {
     retention: Duration,
     max_changes: usize,
+    /// Numbers the fetches' readings, so that an older reading that
+    /// finishes late is not applied over a newer one.
+    tickets: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -75,20 +81,23 @@ pub(super) struct Generation {
 
 impl History {
     pub(crate) fn new(s: &EurekaSettings) -> History {
-        History { retention: s.delta_retention, max_changes: s.max_delta_changes, inner: Mutex::default() }
+        History {
+            retention: s.delta_retention,
+            max_changes: s.max_delta_changes,
+            tickets: AtomicU64::new(1),
+            inner: Mutex::default(),
+        }
     }
 
     /// The current generation (updating the history).
     pub(super) async fn generation(&self, state: &Arc<AppState>) -> Result<Generation, EurekaError> {
-        let mut inner = self.inner.lock().await;
-        self.refresh(state, &mut inner).await?;
+        let inner = self.refreshed(state).await?;
         Ok(Generation { apps: inner.apps.clone(), hashcode: inner.hashcode.clone(), version: inner.version })
     }
 
     /// The `/apps` body in XML or JSON.
     pub(super) async fn full(&self, state: &Arc<AppState>, json: bool) -> Result<Bytes, EurekaError> {
-        let mut inner = self.inner.lock().await;
-        self.refresh(state, &mut inner).await?;
+        let mut inner = self.refreshed(state).await?;
         let slot = usize::from(json);
         if let Some((g, body)) = &inner.full[slot] {
             if *g == inner.generation {
@@ -112,8 +121,7 @@ impl History {
 
     /// The `/apps/delta` body in XML or JSON.
     pub(super) async fn delta(&self, state: &Arc<AppState>, json: bool) -> Result<Bytes, EurekaError> {
-        let mut inner = self.inner.lock().await;
-        self.refresh(state, &mut inner).await?;
+        let mut inner = self.refreshed(state).await?;
         let slot = usize::from(json);
         if let Some((g, v, body)) = &inner.delta[slot] {
             if (*g, *v) == (inner.generation, inner.version) {
@@ -130,9 +138,21 @@ impl History {
         Ok(body)
     }
 
-    /// Reads the current generation and records its differences from the last.
-    async fn refresh(&self, state: &Arc<AppState>, inner: &mut Inner) -> Result<(), EurekaError> {
+    /// Reads the current generation (concurrent fetches read concurrently,
+    /// through the driver), then applies it unless a newer reading was.
+    async fn refreshed(&self, state: &Arc<AppState>) -> Result<MutexGuard<'_, Inner>, EurekaError> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let current = gather(state).await?;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if ticket > inner.applied {
+            inner.applied = ticket;
+            self.apply(state, &mut inner, current);
+        }
+        Ok(inner)
+    }
+
+    /// Records the differences of `current` from the last generation.
+    fn apply(&self, state: &AppState, inner: &mut Inner, current: Vec<App>) {
         let now = Instant::now();
         let lease = default_lease(state);
         let mut changed = current.len() != inner.apps.len();
@@ -172,7 +192,6 @@ impl History {
             inner.version += 1;
         }
         inner.started = true;
-        Ok(())
     }
 }
 
