@@ -70,6 +70,20 @@ pub(crate) struct History {
     /// finishes late is not applied over a newer one.
     tickets: AtomicU64,
     inner: Mutex<Inner>,
+    /// Eureka id -> position, per app view, for renewals of apps with many
+    /// instances (at most [`ID_INDEXES_MAX`] apps; cleared when full).
+    ids: Mutex<HashMap<ServiceKey, IdIndex>>,
+}
+
+/// Most apps with a cached id index.
+const ID_INDEXES_MAX: usize = 10_000;
+/// Apps up to this many instances are scanned instead of indexed.
+const SCAN_MAX: usize = 8;
+
+#[derive(Debug)]
+struct IdIndex {
+    view: Arc<ServiceView>,
+    positions: Arc<HashMap<String, usize>>,
 }
 
 /// What the routes render from: one consistent generation.
@@ -86,7 +100,41 @@ impl History {
             max_changes: s.max_delta_changes,
             tickets: AtomicU64::new(1),
             inner: Mutex::default(),
+            ids: Mutex::default(),
         }
+    }
+
+    /// The position of the instance with Eureka id `id` in `view`.
+    pub(super) fn position(&self, view: &Arc<ServiceView>, id: &str) -> Option<usize> {
+        if view.instances.len() <= SCAN_MAX {
+            return view.instances.iter().position(|i| wire::instance_id(i) == id);
+        }
+        let cached = {
+            let ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.get(&view.key).filter(|x| Arc::ptr_eq(&x.view, view)).map(|x| Arc::clone(&x.positions))
+        };
+        let positions = match cached {
+            Some(p) => p,
+            None => {
+                let built: HashMap<String, usize> = view
+                    .instances
+                    .iter()
+                    .enumerate()
+                    .map(|(n, i)| (wire::instance_id(i).into_owned(), n))
+                    .collect();
+                let built = Arc::new(built);
+                let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+                if ids.len() >= ID_INDEXES_MAX {
+                    ids.clear();
+                }
+                ids.insert(
+                    view.key.clone(),
+                    IdIndex { view: Arc::clone(view), positions: Arc::clone(&built) },
+                );
+                built
+            }
+        };
+        positions.get(id).copied()
     }
 
     /// The current generation (updating the history).

@@ -217,7 +217,7 @@ async fn register(
 async fn find(state: &Arc<AppState>, app: &str, id: &str) -> Result<(Arc<ServiceView>, usize), EurekaError> {
     let key = app_key(&state.settings.eureka, app)?;
     let upper = view(state, &key).await?;
-    if let Some(pos) = upper.instances.iter().position(|i| wire::instance_id(i) == id) {
+    if let Some(pos) = state.eureka.position(&upper, id) {
         return Ok((upper, pos));
     }
     // An app registered through another API keeps its own case.
@@ -225,7 +225,7 @@ async fn find(state: &Arc<AppState>, app: &str, id: &str) -> Result<(Arc<Service
         let exact =
             ServiceKey { service: Name::parse(Field::Service, app).map_err(EurekaError::invalid)?, ..key };
         let found = view(state, &exact).await?;
-        if let Some(pos) = found.instances.iter().position(|i| wire::instance_id(i) == id) {
+        if let Some(pos) = state.eureka.position(&found, id) {
             return Ok((found, pos));
         }
     }
