@@ -192,6 +192,24 @@ fn register_beat_query_and_mixed_modes_report_operations_and_no_errors() {
 }
 
 #[test]
+fn the_eureka_api_modes_register_renew_and_fetch_without_errors() {
+    let node = single_node();
+    let r = run_mode(&node, "register", &["--api", "eureka", "--instances", "300"]);
+    assert_eq!(r["api"], "eureka");
+    assert!(r["kinds"]["register"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "beat", &["--api", "eureka", "--instances", "200"]);
+    assert_eq!(r["setup"]["registrations"], 200);
+    assert!(r["kinds"]["beat"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "query", &["--api", "eureka", "--instances", "10"]);
+    assert!(r["kinds"]["query"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_muster-bench"))
+        .args(["--server", &node, "--api", "eureka", "--mode", "mixed", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+}
+
+#[test]
 fn watch_mode_measures_a_change_on_one_node_seen_on_another() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("load-tool-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -202,6 +202,21 @@ pub struct ServeArgs {
     /// Nacos API: a push subscriber that has not listed its service for this long is forgotten, ms [default: 30000].
     #[arg(long, env = "MUSTER_NACOS_PUSH_SUBSCRIBER_TTL_MS", value_name = "MS")]
     pub nacos_push_subscriber_ttl_ms: Option<u64>,
+    /// Path prefix of the Eureka REST API; `off` turns it off [default: /eureka].
+    #[arg(long, env = "MUSTER_EUREKA_PREFIX", value_name = "PATH")]
+    pub eureka_prefix: Option<String>,
+    /// Namespace that Eureka apps live in [default: public].
+    #[arg(long, env = "MUSTER_EUREKA_NAMESPACE", value_name = "NAME")]
+    pub eureka_namespace: Option<String>,
+    /// Group that Eureka apps live in [default: DEFAULT_GROUP].
+    #[arg(long, env = "MUSTER_EUREKA_GROUP", value_name = "NAME")]
+    pub eureka_group: Option<String>,
+    /// How long a change stays in the Eureka delta (`/apps/delta`), ms [default: 180000].
+    #[arg(long, env = "MUSTER_EUREKA_DELTA_RETENTION_MS", value_name = "MS")]
+    pub eureka_delta_retention_ms: Option<u64>,
+    /// Most changes kept for the Eureka delta; older ones make clients fetch everything [default: 10000].
+    #[arg(long, env = "MUSTER_EUREKA_MAX_DELTA_CHANGES", value_name = "N")]
+    pub eureka_max_delta_changes: Option<usize>,
 
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
@@ -225,7 +240,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
         SettingsError { key: key.into(), message: message.into() }
     }
 }
@@ -298,6 +313,7 @@ pub struct Settings {
     pub(crate) write_token: Option<Secret>,
     pub(crate) read_token: Option<Secret>,
     pub(crate) http: HttpSettings,
+    pub(crate) eureka: crate::compat::eureka::EurekaSettings,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     /// The Nacos adapter's settings.
@@ -349,6 +365,8 @@ impl ServeArgs {
             nacos_udp_push, nacos_push_max_subscribers, nacos_push_max_subscribers_per_service,
             nacos_push_max_packet_bytes, nacos_push_ack_timeout_ms, nacos_push_retries,
             nacos_push_subscriber_ttl_ms,
+            eureka_prefix, eureka_namespace, eureka_group, eureka_delta_retention_ms,
+            eureka_max_delta_changes,
         );
         Ok(self)
     }
@@ -381,6 +399,7 @@ impl ServeArgs {
         let core = self.core_config(node_id, peers)?;
         let http = self.http_settings()?;
         let nacos = self.nacos_settings()?;
+        let eureka = crate::compat::eureka::EurekaSettings::from_args(&self)?;
         Ok(Settings {
             nacos,
             core,
@@ -389,6 +408,7 @@ impl ServeArgs {
             write_token,
             read_token,
             http,
+            eureka,
             log_level: self.log_level.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or_default(),
         })

@@ -19,7 +19,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{self, Access, AppState, Matched};
-use crate::compat;
+use crate::compat::{self, Api};
 use crate::error::{ApiError, Body};
 use crate::metrics::Metrics;
 use crate::peer_auth::Signed;
@@ -41,10 +41,11 @@ pub(crate) async fn handle(
     // A clone of the URI shares its bytes with the request: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
-    let foreign = compat::api_of(path);
+    let foreign = compat::api_of(&state.settings, path);
     let (route, mut resp) = match foreign {
-        compat::Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
-        compat::Api::Native => match api::find(&method, path) {
+        Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
+        Api::Eureka => (None, compat::eureka::handle(&state, req).await),
+        Api::Native => match api::find(&method, path) {
             Err(e) => (None, e.response()),
             Ok(m) => {
                 let resp = match serve(&state, &m, uri.query(), req).await {
@@ -57,7 +58,7 @@ pub(crate) async fn handle(
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
-    if foreign == compat::Api::Native {
+    if foreign == Api::Native {
         state.metrics.count_request(route, status);
     }
     tracing::info!(
@@ -200,7 +201,7 @@ async fn read_body(
 }
 
 /// Checks the route's access rule against the `authorization` header.
-fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers);
     let s = &state.settings;
     let holds = |secret: &Option<crate::config::Secret>| match (secret, token) {

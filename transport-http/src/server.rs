@@ -108,6 +108,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         peers: Arc::clone(&peers),
         shutdown: shutdown_rx,
         peer_verifier: crate::peer_auth::Verifier::default(),
+        eureka: crate::compat::eureka::Eureka::new(&settings.eureka),
         settings,
     });
     tracing::info!(

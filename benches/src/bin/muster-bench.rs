@@ -115,6 +115,9 @@ struct Args {
     /// Seed of mixed's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The API to drive: native, or eureka (register, beat = renew, query = full fetch).
+    #[arg(long, value_enum, default_value = "native")]
+    api: workload::eureka::Api,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -208,6 +211,9 @@ fn validate(a: &Args) -> Result<Opts, String> {
     check(a.rate > 0.0 && a.rate <= 10_000.0, "--rate must be above 0 and at most 10000 per second")?;
     check((1..=64).contains(&a.threads), "--threads must be from 1 to 64")?;
     check(a.max_ops >= 1, "--max-ops must be at least 1")?;
+    if a.api == workload::eureka::Api::Eureka {
+        workload::eureka::supports(a.mode, a.batch)?;
+    }
     check(!a.duration.is_zero(), "--duration must be above 0")?;
     check(a.wait >= Duration::from_millis(1), "--wait must be at least 1ms")?;
     let lease_ms = match a.lease {
@@ -233,6 +239,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
         max_ops: a.max_ops,
         seed: a.seed,
         setup_timeout: a.setup_timeout,
+        api: a.api,
     })
 }
 
@@ -442,6 +449,7 @@ fn report(
     let mode = format!("{:?}", o.mode).to_lowercase();
     let mut json = json!({
         "mode": mode,
+        "api": format!("{:?}", o.api).to_lowercase(),
         "server": o.server.to_string(),
         "instances": o.instances,
         "services": o.services,

@@ -286,6 +286,8 @@ pub(crate) struct AppState {
     pub(crate) peer_verifier: crate::peer_auth::Verifier,
     /// The Nacos adapter's state (push subscribers, rendered listings).
     pub(crate) nacos: crate::compat::nacos::Nacos,
+    /// The Eureka adapter's change history and rendered answers.
+    pub(crate) eureka: crate::compat::eureka::Eureka,
 }
 
 /// Runs the handler of a matched, authorised request; `peer` is the sender

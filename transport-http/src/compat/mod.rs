@@ -1,11 +1,17 @@
 //! Compatibility adapters: foreign registry APIs served on the node's port
-//! and translated onto the same core (see `shared/DESIGN.md`, Compatibility).
+//! and translated onto the same core (see `shared/DESIGN.md`, Compatibility),
+//! one module per API.
 //!
 //! [`api_of`] tells by the path which API a request speaks; the Filter hands
 //! a foreign request whole to its adapter, which reuses the Filter's body
-//! limit and tokens and is logged by it like every other request.
+//! reader and tokens, translates into the core's requests through the same
+//! driver handle and published snapshots as the native API, and is logged by
+//! the Filter like every other request.
 
+pub(crate) mod eureka;
 pub(crate) mod nacos;
+
+use crate::config::Settings;
 
 /// Which API a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,22 +20,17 @@ pub(crate) enum Api {
     Native,
     /// The Nacos v1 naming API (`/nacos/v1/...`).
     Nacos,
+    /// Eureka REST v2 under its configured prefix.
+    Eureka,
 }
 
-/// The API of a request path.
-pub(crate) fn api_of(path: &str) -> Api {
-    if path.starts_with(nacos::PREFIX) { Api::Nacos } else { Api::Native }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nacos_paths_go_to_the_nacos_adapter_and_the_rest_stays_native() {
-        assert_eq!(api_of("/nacos/v1/ns/instance"), Api::Nacos);
-        assert_eq!(api_of("/nacos/v1/auth/login"), Api::Nacos);
-        assert_eq!(api_of("/v1/instances"), Api::Native);
-        assert_eq!(api_of("/nacosx"), Api::Native);
+/// The API of a request path. The Eureka prefix is configurable, hence the settings.
+pub(crate) fn api_of(settings: &Settings, path: &str) -> Api {
+    if path.starts_with(nacos::PREFIX) {
+        Api::Nacos
+    } else if eureka::owns(&settings.eureka, path) {
+        Api::Eureka
+    } else {
+        Api::Native
     }
 }

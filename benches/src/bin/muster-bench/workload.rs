@@ -20,6 +20,9 @@ use tokio::time::Instant;
 use crate::client::{Conn, Failure};
 use crate::stats::{Kind, Live, Recorder, histogram, record};
 
+#[path = "eureka.rs"]
+pub(crate) mod eureka;
+
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Mode {
@@ -57,6 +60,8 @@ pub(crate) struct Opts {
     pub(crate) max_ops: u64,
     pub(crate) seed: u64,
     pub(crate) setup_timeout: Duration,
+    /// The API the workers speak.
+    pub(crate) api: eureka::Api,
 }
 
 /// When the measurement starts and when the run ends.
@@ -97,12 +102,20 @@ enum Check {
     Registered,
     /// A beat reply with no unknown instance.
     AllKnown,
+    /// 204 No Content (an Eureka registration).
+    NoContent,
 }
 
 impl Check {
-    fn passes(self, body: &[u8]) -> bool {
+    fn passes(self, status: StatusCode, body: &[u8]) -> bool {
+        if let Check::NoContent = self {
+            return eureka::registered(status);
+        }
+        if status != StatusCode::OK {
+            return false;
+        }
         match self {
-            Check::Status => true,
+            Check::Status | Check::NoContent => true,
             Check::Registered => body.starts_with(b"{\"instance_id\""),
             Check::AllKnown => contains(body, b"\"unknown\":[]"),
         }
@@ -110,7 +123,7 @@ impl Check {
 
     fn label(self) -> &'static str {
         match self {
-            Check::Status => "200",
+            Check::Status | Check::NoContent => "200",
             Check::Registered => "bad-answer",
             Check::AllKnown => "unknown-instance",
         }
@@ -172,6 +185,7 @@ impl Workload {
             _ => Vec::new(),
         };
         let queries = match opts.mode {
+            Mode::Query if opts.api == eureka::Api::Eureka => vec![eureka::fetch_uri()],
             Mode::Query => vec![query_uri(&query_service(n))],
             Mode::Mixed => (0..opts.services.min(n)).map(|s| query_uri(&service(&opts, s))).collect(),
             _ => Vec::new(),
@@ -210,6 +224,9 @@ impl Workload {
     }
 
     fn register_op(&self, i: u64, kind: Kind, weight: u64) -> Op {
+        if self.opts.api == eureka::Api::Eureka {
+            return eureka::register_op(&self.opts, i, kind);
+        }
         Op {
             kind,
             method: Method::POST,
@@ -224,6 +241,9 @@ impl Workload {
         let n = self.opts.instances;
         let k = self.opts.batch;
         let first = self.next.fetch_add(k, Ordering::Relaxed);
+        if self.opts.api == eureka::Api::Eureka {
+            return eureka::renew_op(&self.opts, first % n);
+        }
         let body = if k == 1 {
             self.keys[(first % n) as usize].clone()
         } else {
@@ -352,13 +372,11 @@ pub(crate) async fn setup(w: &Arc<Workload>) -> Result<(), String> {
                 t.await.map_err(|e| format!("setup task: {e}"))??;
             }
             if o.mode == Mode::Query {
-                wait_for_instances(
-                    o.server,
-                    &query_service(o.instances),
-                    o.instances,
-                    Duration::from_secs(10),
-                )
-                .await?;
+                let service = match o.api {
+                    eureka::Api::Eureka => eureka::app(o, 0),
+                    eureka::Api::Native => query_service(o.instances),
+                };
+                wait_for_instances(o.server, &service, o.instances, Duration::from_secs(10)).await?;
             }
             Ok(())
         }
@@ -416,7 +434,7 @@ async fn preregister(w: Arc<Workload>, deadline: Instant) -> Result<(), String> 
             .send(op.method, op.uri, op.body, o.timeout)
             .await
             .map_err(|e| format!("setup: registering instance {i}: {e}"))?;
-        if status != StatusCode::OK {
+        if !op.check.passes(status, &body) {
             return Err(format!(
                 "setup: registering instance {i}: {status} {}",
                 String::from_utf8_lossy(&body)
@@ -477,7 +495,7 @@ pub(crate) async fn worker(w: Arc<Workload>, ph: Phases, id: usize) -> Recorder 
         let latency = t0.elapsed();
         let measured = t0 >= ph.measure_from;
         match result {
-            Ok((StatusCode::OK, body)) if op.check.passes(&body) => {
+            Ok((status, body)) if op.check.passes(status, &body) => {
                 w.live.op();
                 if measured {
                     rec.ok(op.kind, latency, op.items);
@@ -793,6 +811,7 @@ mod tests {
             max_ops: 1,
             seed: 1,
             setup_timeout: Duration::from_secs(1),
+            api: eureka::Api::Native,
         }
     }
 
@@ -819,12 +838,15 @@ mod tests {
 
     #[test]
     fn checks_judge_bodies() {
-        assert!(Check::AllKnown.passes(br#"{"unknown":[],"heartbeat_interval_ms":5000}"#));
-        assert!(!Check::AllKnown.passes(br#"{"unknown":[0],"heartbeat_interval_ms":5000}"#));
+        let ok = StatusCode::OK;
+        assert!(Check::AllKnown.passes(ok, br#"{"unknown":[],"heartbeat_interval_ms":5000}"#));
+        assert!(!Check::AllKnown.passes(ok, br#"{"unknown":[0],"heartbeat_interval_ms":5000}"#));
         assert!(
             Check::Registered
-                .passes(br#"{"instance_id":"a#1#DEFAULT","heartbeat_interval_ms":1,"created":true}"#)
+                .passes(ok, br#"{"instance_id":"a#1#DEFAULT","heartbeat_interval_ms":1,"created":true}"#)
         );
+        assert!(Check::NoContent.passes(StatusCode::NO_CONTENT, b""));
+        assert!(!Check::NoContent.passes(ok, b"") && !Check::Status.passes(StatusCode::NOT_FOUND, b""));
         let (cs, seq) =
             parse_answer(br#"{"checksum":"00ff","instances":[{"metadata":{"seq":"12"}}]}"#).unwrap();
         assert_eq!((cs.as_str(), seq), ("00ff", Some(12)));
