@@ -115,6 +115,10 @@ struct Args {
     /// Seed of mixed's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The API the load speaks: Muster's OpenAPI, or the Nacos v1 naming API
+    /// (register, beat, query, mixed; against Muster, r-nacos or Nacos).
+    #[arg(long, value_enum, default_value = "native")]
+    api: workload::Api,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -210,6 +214,13 @@ fn validate(a: &Args) -> Result<Opts, String> {
     check(a.max_ops >= 1, "--max-ops must be at least 1")?;
     check(!a.duration.is_zero(), "--duration must be above 0")?;
     check(a.wait >= Duration::from_millis(1), "--wait must be at least 1ms")?;
+    if a.api == workload::Api::Nacos {
+        check(
+            a.mode != Mode::Watch,
+            "--api nacos runs register, beat, query and mixed; watch is native only",
+        )?;
+        check(a.batch == 1, "--api nacos beats one instance per request (--batch 1)")?;
+    }
     let lease_ms = match a.lease {
         Some(0) => None,
         Some(l) if (1_000..=43_200_000).contains(&l) => Some(l),
@@ -233,6 +244,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
         max_ops: a.max_ops,
         seed: a.seed,
         setup_timeout: a.setup_timeout,
+        api: a.api,
     })
 }
 
@@ -441,6 +453,7 @@ fn report(
     use std::fmt::Write as _;
     let mode = format!("{:?}", o.mode).to_lowercase();
     let mut json = json!({
+        "api": format!("{:?}", o.api).to_lowercase(),
         "mode": mode,
         "server": o.server.to_string(),
         "instances": o.instances,

@@ -19,6 +19,10 @@ use tokio::time::Instant;
 
 use crate::client::{Conn, Failure};
 use crate::stats::{Kind, Live, Recorder, histogram, record};
+pub(crate) use crate::workload::nacos::Api;
+
+#[path = "nacos.rs"]
+mod nacos;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +61,8 @@ pub(crate) struct Opts {
     pub(crate) max_ops: u64,
     pub(crate) seed: u64,
     pub(crate) setup_timeout: Duration,
+    /// The API the load speaks.
+    pub(crate) api: Api,
 }
 
 /// When the measurement starts and when the run ends.
@@ -97,6 +103,10 @@ enum Check {
     Registered,
     /// A beat reply with no unknown instance.
     AllKnown,
+    /// A Nacos write's `ok`.
+    NacosOk,
+    /// A Nacos beat answer with code 10200.
+    NacosBeat,
 }
 
 impl Check {
@@ -105,14 +115,16 @@ impl Check {
             Check::Status => true,
             Check::Registered => body.starts_with(b"{\"instance_id\""),
             Check::AllKnown => contains(body, b"\"unknown\":[]"),
+            Check::NacosOk => body == b"ok",
+            Check::NacosBeat => contains(body, b"\"code\":10200"),
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Check::Status => "200",
-            Check::Registered => "bad-answer",
-            Check::AllKnown => "unknown-instance",
+            Check::Registered | Check::NacosOk => "bad-answer",
+            Check::AllKnown | Check::NacosBeat => "unknown-instance",
         }
     }
 }
@@ -166,11 +178,15 @@ impl Workload {
     pub(crate) fn new(opts: Opts) -> Workload {
         let n = opts.instances;
         let keys = match opts.mode {
+            Mode::Beat | Mode::Mixed if opts.api == Api::Nacos => {
+                (0..n).map(|i| nacos::beat_key(&service(&opts, i), i)).collect()
+            }
             Mode::Beat | Mode::Mixed => {
                 (0..n).map(|i| Bytes::from(key_json(&service(&opts, i), i))).collect()
             }
             _ => Vec::new(),
         };
+        let query_uri = if opts.api == Api::Nacos { nacos::query_uri } else { query_uri };
         let queries = match opts.mode {
             Mode::Query => vec![query_uri(&query_service(n))],
             Mode::Mixed => (0..opts.services.min(n)).map(|s| query_uri(&service(&opts, s))).collect(),
@@ -210,6 +226,13 @@ impl Workload {
     }
 
     fn register_op(&self, i: u64, kind: Kind, weight: u64) -> Op {
+        if self.opts.api == Api::Nacos {
+            let (service, persistent) = match self.opts.mode {
+                Mode::Query => (query_service(self.opts.instances), true),
+                _ => (service(&self.opts, i), false),
+            };
+            return nacos::register_op(self, &service, persistent, i, kind, weight);
+        }
         Op {
             kind,
             method: Method::POST,
@@ -224,6 +247,9 @@ impl Workload {
         let n = self.opts.instances;
         let k = self.opts.batch;
         let first = self.next.fetch_add(k, Ordering::Relaxed);
+        if self.opts.api == Api::Nacos {
+            return nacos::beat_op(self.keys[(first % n) as usize].clone());
+        }
         let body = if k == 1 {
             self.keys[(first % n) as usize].clone()
         } else {
@@ -314,6 +340,8 @@ pub(crate) async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(),
                     .await
                 {
                     Ok((StatusCode::OK, _)) => return Ok(()),
+                    // A Nacos server (r-nacos, Nacos) has no /health/ready: its naming API answering is ready.
+                    Ok((StatusCode::NOT_FOUND, _)) if nacos_up(&mut c).await => return Ok(()),
                     Ok((status, _)) => last = format!("/health/ready answered {status}"),
                     Err(e) => last = e.to_string(),
                 }
@@ -323,6 +351,12 @@ pub(crate) async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(),
         nap(Duration::from_millis(100), deadline).await;
     }
     Err(format!("{addr} is not ready after {within:?} ({last}); is `muster serve` running there?"))
+}
+
+/// Whether a Nacos naming API answers on `c`.
+async fn nacos_up(c: &mut Conn) -> bool {
+    let uri = Uri::from_static("/nacos/v1/ns/service/list?pageNo=1&pageSize=1");
+    matches!(c.send(Method::GET, uri, Bytes::new(), Duration::from_secs(2)).await, Ok((StatusCode::OK, _)))
 }
 
 /// One request on a fresh connection, for setup steps: the status and body.
@@ -355,6 +389,7 @@ pub(crate) async fn setup(w: &Arc<Workload>) -> Result<(), String> {
                 wait_for_instances(
                     o.server,
                     &query_service(o.instances),
+                    &w.queries[0],
                     o.instances,
                     Duration::from_secs(10),
                 )
@@ -427,14 +462,21 @@ async fn preregister(w: Arc<Workload>, deadline: Instant) -> Result<(), String> 
 }
 
 /// Waits until a query of `service` shows `n` instances.
-async fn wait_for_instances(addr: SocketAddr, service: &str, n: u64, within: Duration) -> Result<(), String> {
+async fn wait_for_instances(
+    addr: SocketAddr,
+    service: &str,
+    uri: &Uri,
+    n: u64,
+    within: Duration,
+) -> Result<(), String> {
     let until = Instant::now() + within;
     loop {
         if let Ok((StatusCode::OK, b)) =
-            once(addr, Method::GET, query_uri(service), Bytes::new(), Duration::from_secs(5)).await
+            once(addr, Method::GET, uri.clone(), Bytes::new(), Duration::from_secs(5)).await
         {
             let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-            if v["instances"].as_array().is_some_and(|a| a.len() as u64 == n) {
+            let list = if v["hosts"].is_array() { &v["hosts"] } else { &v["instances"] };
+            if list.as_array().is_some_and(|a| a.len() as u64 == n) {
                 return Ok(());
             }
         }
@@ -793,6 +835,7 @@ mod tests {
             max_ops: 1,
             seed: 1,
             setup_timeout: Duration::from_secs(1),
+            api: Api::Native,
         }
     }
 
