@@ -28,12 +28,12 @@ OUT=${OUT:-target/rnacos-sbs}
 RNACOS=target/rnacos/bin/rnacos
 mkdir -p "$OUT"
 
-if [ ! -x "$RNACOS" ]; then
+if [ -z "${SUMMARY_ONLY:-}" ] && [ ! -x "$RNACOS" ]; then
     echo "== installing r-nacos 0.8.8 into target/rnacos (about 15 minutes the first time)" >&2
     nice -n 19 cargo install rnacos --version 0.8.8 --locked --root target/rnacos >&2
 fi
 echo "== building muster and muster-bench (release)" >&2
-cargo build --release -q -p muster-transport-http --bin muster -p muster-benches --bin muster-bench >&2
+[ -n "${SUMMARY_ONLY:-}" ] || cargo build --release -q -p muster-transport-http --bin muster -p muster-benches --bin muster-bench >&2
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
@@ -78,7 +78,9 @@ run() {
     stop "$SPID"
 }
 
+# SUMMARY_ONLY=1 prints the table of the reports already in $OUT.
 for round in $(seq "$ROUNDS"); do
+    [ -n "${SUMMARY_ONLY:-}" ] && break
     if [ $((round % 2)) -eq 1 ]; then order="muster rnacos"; else order="rnacos muster"; fi
     for server in $order; do
         echo "== round $round: $server" >&2
@@ -106,20 +108,25 @@ for case, what in [("register", "register, new instances (1M over 1,000 services
     errs = sum(d["error_count"] for d in m + n)
     mt, nt = med([d["ops_per_s"] for d in m]), med([d["ops_per_s"] for d in n])
     mp, np_ = med([d["latency_ms"]["p99"] for d in m]), med([d["latency_ms"]["p99"] for d in n])
+    mc = med([d.get("node_cpu_us_per_op", 0) for d in m])
+    nc = med([d.get("node_cpu_us_per_op", 0) for d in n])
+    mk = med([d["cpu_cores"]["node"] or 0 for d in m])
+    nk = med([d["cpu_cores"]["node"] or 0 for d in n])
     rows.append((what, mt, nt, mt / nt, mp, np_, mp / np_, errs,
-                 [d["ops_per_s"] for d in m], [d["ops_per_s"] for d in n]))
+                 [d["ops_per_s"] for d in m], [d["ops_per_s"] for d in n], mc, nc, mk, nk))
 print(f"\n{rounds} interleaved rounds, medians; ratios Muster / r-nacos; concurrency from the JSON reports\n")
-print("| load | Muster ops/s | r-nacos ops/s | throughput ratio | Muster p99 ms | r-nacos p99 ms | p99 ratio | errors |")
-print("|---|---|---|---|---|---|---|---|")
-for what, mt, nt, tr, mp, np_, pr, errs, ms, ns in rows:
-    print(f"| {what} | {mt:,.0f} | {nt:,.0f} | **{tr:.2f}x** | {mp:.2f} | {np_:.2f} | **{pr:.2f}** | {errs} |")
+print("| load | Muster ops/s | r-nacos ops/s | throughput ratio | Muster p99 ms | r-nacos p99 ms | p99 ratio | node CPU per op, Muster / r-nacos (µs) | node cores busy, Muster / r-nacos | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for what, mt, nt, tr, mp, np_, pr, errs, ms, ns, mc, nc, mk, nk in rows:
+    print(f"| {what} | {mt:,.0f} | {nt:,.0f} | **{tr:.2f}x** | {mp:.2f} | {np_:.2f} | **{pr:.2f}** | "
+          f"{mc:.1f} / {nc:.1f} (**{nc / max(mc, 1e-9):.1f}x less**) | {mk:.2f} / {nk:.2f} | {errs} |")
 def rss(case, server, key):
     return med([load(case, server, r)["server_memory_kib"][key] / 1024 for r in range(1, rounds + 1)])
 mi, ni = rss("beat", "muster", "rss_before"), rss("beat", "rnacos", "rss_before")
 mb, nb = rss("beat", "muster", "rss_after"), rss("beat", "rnacos", "rss_after")
-print(f"| RSS idle (fresh server) | {mi:.1f} MiB | {ni:.1f} MiB | **{mi / ni:.2f}** | | | | |")
-print(f"| RSS with 100,000 instances (after the beat run) | {mb:.1f} MiB | {nb:.1f} MiB | **{mb / nb:.2f}** | | | | |")
+print(f"| RSS idle (fresh server) | {mi:.1f} MiB | {ni:.1f} MiB | **{mi / ni:.2f}** | | | | | | |")
+print(f"| RSS with 100,000 instances (after the beat run) | {mb:.1f} MiB | {nb:.1f} MiB | **{mb / nb:.2f}** | | | | | | |")
 print("\nper round ops/s (Muster ; r-nacos):")
-for what, *_, ms, ns in rows:
+for what, _, _, _, _, _, _, _, ms, ns, *_ in rows:
     print(f"  {what}: {', '.join(f'{x:,.0f}' for x in ms)} ; {', '.join(f'{x:,.0f}' for x in ns)}")
 PY
