@@ -210,6 +210,32 @@ fn the_eureka_api_modes_register_renew_and_fetch_without_errors() {
 }
 
 #[test]
+fn the_nacos_api_runs_register_beat_query_and_mixed_with_no_errors() {
+    let node = single_node();
+    let nacos = ["--api", "nacos"];
+    let r = run_mode(&node, "register", &[&nacos[..], &["--instances", "300"]].concat());
+    assert_eq!(r["api"], "nacos");
+    assert!(r["kinds"]["register"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "beat", &[&nacos[..], &["--instances", "200"]].concat());
+    assert_eq!(r["setup"]["registrations"], 200);
+    assert!(r["kinds"]["beat"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "query", &[&nacos[..], &["--instances", "10"]].concat());
+    assert!(r["kinds"]["query"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "mixed", &[&nacos[..], &["--instances", "200", "--warmup", "200ms"]].concat());
+    for kind in ["query", "beat", "re-register"] {
+        assert!(r["kinds"][kind]["ops"].as_u64().unwrap() > 0, "mixed without {kind}: {r:#}");
+    }
+    // The instances went into the one registry: the native API sees them.
+    let mut s = TcpStream::connect(&node).unwrap();
+    let req =
+        format!("GET /v1/instances?service=bench-0000 HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("198.18.0.0"), "{answer}");
+}
+
+#[test]
 fn watch_mode_measures_a_change_on_one_node_seen_on_another() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("load-tool-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

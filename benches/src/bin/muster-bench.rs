@@ -115,9 +115,11 @@ struct Args {
     /// Seed of mixed's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The API to drive: native, or eureka (register, beat = renew, query = full fetch).
+    /// The API the load speaks: Muster's OpenAPI, the Nacos v1 naming API
+    /// (register, beat, query, mixed; against Muster, r-nacos or Nacos) or
+    /// Eureka (register, beat = renew, query = full fetch).
     #[arg(long, value_enum, default_value = "native")]
-    api: workload::eureka::Api,
+    api: workload::Api,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -211,11 +213,18 @@ fn validate(a: &Args) -> Result<Opts, String> {
     check(a.rate > 0.0 && a.rate <= 10_000.0, "--rate must be above 0 and at most 10000 per second")?;
     check((1..=64).contains(&a.threads), "--threads must be from 1 to 64")?;
     check(a.max_ops >= 1, "--max-ops must be at least 1")?;
-    if a.api == workload::eureka::Api::Eureka {
+    if a.api == workload::Api::Eureka {
         workload::eureka::supports(a.mode, a.batch)?;
     }
     check(!a.duration.is_zero(), "--duration must be above 0")?;
     check(a.wait >= Duration::from_millis(1), "--wait must be at least 1ms")?;
+    if a.api == workload::Api::Nacos {
+        check(
+            a.mode != Mode::Watch,
+            "--api nacos runs register, beat, query and mixed; watch is native only",
+        )?;
+        check(a.batch == 1, "--api nacos beats one instance per request (--batch 1)")?;
+    }
     let lease_ms = match a.lease {
         Some(0) => None,
         Some(l) if (1_000..=43_200_000).contains(&l) => Some(l),
@@ -448,8 +457,8 @@ fn report(
     use std::fmt::Write as _;
     let mode = format!("{:?}", o.mode).to_lowercase();
     let mut json = json!({
-        "mode": mode,
         "api": format!("{:?}", o.api).to_lowercase(),
+        "mode": mode,
         "server": o.server.to_string(),
         "instances": o.instances,
         "services": o.services,

@@ -11,16 +11,6 @@ use hyper::{Method, StatusCode, Uri};
 
 use super::{Check, Kind, Mode, Op, Opts, ip, port, query_service, service};
 
-/// Which API the workers speak.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Api {
-    /// Muster's own `/v1` API.
-    #[default]
-    Native,
-    /// Eureka REST v2 under `/eureka`.
-    Eureka,
-}
-
 /// The modes `--api eureka` has.
 pub(crate) fn supports(mode: Mode, batch: u64) -> Result<(), String> {
     match mode {

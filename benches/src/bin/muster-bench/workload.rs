@@ -19,6 +19,20 @@ use tokio::time::Instant;
 
 use crate::client::{Conn, Failure};
 use crate::stats::{Kind, Live, Recorder, histogram, record};
+/// Which API the load speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Api {
+    /// Muster's OpenAPI (`/v1/...`).
+    #[default]
+    Native,
+    /// The Nacos v1 naming API (`/nacos/v1/ns/...`).
+    Nacos,
+    /// Eureka REST v2 under `/eureka` (register, beat = renew, query = full fetch).
+    Eureka,
+}
+
+#[path = "nacos.rs"]
+mod nacos;
 
 #[path = "eureka.rs"]
 pub(crate) mod eureka;
@@ -60,8 +74,8 @@ pub(crate) struct Opts {
     pub(crate) max_ops: u64,
     pub(crate) seed: u64,
     pub(crate) setup_timeout: Duration,
-    /// The API the workers speak.
-    pub(crate) api: eureka::Api,
+    /// The API the load speaks.
+    pub(crate) api: Api,
 }
 
 /// When the measurement starts and when the run ends.
@@ -104,6 +118,10 @@ enum Check {
     AllKnown,
     /// 204 No Content (an Eureka registration).
     NoContent,
+    /// A Nacos write's `ok`.
+    NacosOk,
+    /// A Nacos beat answer with code 10200.
+    NacosBeat,
 }
 
 impl Check {
@@ -118,14 +136,16 @@ impl Check {
             Check::Status | Check::NoContent => true,
             Check::Registered => body.starts_with(b"{\"instance_id\""),
             Check::AllKnown => contains(body, b"\"unknown\":[]"),
+            Check::NacosOk => body == b"ok",
+            Check::NacosBeat => contains(body, b"\"code\":10200"),
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Check::Status | Check::NoContent => "200",
-            Check::Registered => "bad-answer",
-            Check::AllKnown => "unknown-instance",
+            Check::Registered | Check::NacosOk => "bad-answer",
+            Check::AllKnown | Check::NacosBeat => "unknown-instance",
         }
     }
 }
@@ -179,13 +199,17 @@ impl Workload {
     pub(crate) fn new(opts: Opts) -> Workload {
         let n = opts.instances;
         let keys = match opts.mode {
+            Mode::Beat | Mode::Mixed if opts.api == Api::Nacos => {
+                (0..n).map(|i| nacos::beat_key(&service(&opts, i), i)).collect()
+            }
             Mode::Beat | Mode::Mixed => {
                 (0..n).map(|i| Bytes::from(key_json(&service(&opts, i), i))).collect()
             }
             _ => Vec::new(),
         };
+        let query_uri = if opts.api == Api::Nacos { nacos::query_uri } else { query_uri };
         let queries = match opts.mode {
-            Mode::Query if opts.api == eureka::Api::Eureka => vec![eureka::fetch_uri()],
+            Mode::Query if opts.api == Api::Eureka => vec![eureka::fetch_uri()],
             Mode::Query => vec![query_uri(&query_service(n))],
             Mode::Mixed => (0..opts.services.min(n)).map(|s| query_uri(&service(&opts, s))).collect(),
             _ => Vec::new(),
@@ -224,8 +248,15 @@ impl Workload {
     }
 
     fn register_op(&self, i: u64, kind: Kind, weight: u64) -> Op {
-        if self.opts.api == eureka::Api::Eureka {
+        if self.opts.api == Api::Eureka {
             return eureka::register_op(&self.opts, i, kind);
+        }
+        if self.opts.api == Api::Nacos {
+            let (service, persistent) = match self.opts.mode {
+                Mode::Query => (query_service(self.opts.instances), true),
+                _ => (service(&self.opts, i), false),
+            };
+            return nacos::register_op(self, &service, persistent, i, kind, weight);
         }
         Op {
             kind,
@@ -241,8 +272,11 @@ impl Workload {
         let n = self.opts.instances;
         let k = self.opts.batch;
         let first = self.next.fetch_add(k, Ordering::Relaxed);
-        if self.opts.api == eureka::Api::Eureka {
+        if self.opts.api == Api::Eureka {
             return eureka::renew_op(&self.opts, first % n);
+        }
+        if self.opts.api == Api::Nacos {
+            return nacos::beat_op(self.keys[(first % n) as usize].clone());
         }
         let body = if k == 1 {
             self.keys[(first % n) as usize].clone()
@@ -334,6 +368,8 @@ pub(crate) async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(),
                     .await
                 {
                     Ok((StatusCode::OK, _)) => return Ok(()),
+                    // A Nacos server (r-nacos, Nacos) has no /health/ready: its naming API answering is ready.
+                    Ok((StatusCode::NOT_FOUND, _)) if nacos_up(&mut c).await => return Ok(()),
                     Ok((status, _)) => last = format!("/health/ready answered {status}"),
                     Err(e) => last = e.to_string(),
                 }
@@ -343,6 +379,12 @@ pub(crate) async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(),
         nap(Duration::from_millis(100), deadline).await;
     }
     Err(format!("{addr} is not ready after {within:?} ({last}); is `muster serve` running there?"))
+}
+
+/// Whether a Nacos naming API answers on `c`.
+async fn nacos_up(c: &mut Conn) -> bool {
+    let uri = Uri::from_static("/nacos/v1/ns/service/list?pageNo=1&pageSize=1");
+    matches!(c.send(Method::GET, uri, Bytes::new(), Duration::from_secs(2)).await, Ok((StatusCode::OK, _)))
 }
 
 /// One request on a fresh connection, for setup steps: the status and body.
@@ -372,11 +414,17 @@ pub(crate) async fn setup(w: &Arc<Workload>) -> Result<(), String> {
                 t.await.map_err(|e| format!("setup task: {e}"))??;
             }
             if o.mode == Mode::Query {
-                let service = match o.api {
-                    eureka::Api::Eureka => eureka::app(o, 0),
-                    eureka::Api::Native => query_service(o.instances),
+                // Eureka's fetch is not a list of one service: wait on the
+                // native view of the app.
+                let (service, uri) = match o.api {
+                    Api::Eureka => {
+                        let app = eureka::app(o, 0);
+                        let uri = query_uri(&app);
+                        (app, uri)
+                    }
+                    _ => (query_service(o.instances), w.queries[0].clone()),
                 };
-                wait_for_instances(o.server, &service, o.instances, Duration::from_secs(10)).await?;
+                wait_for_instances(o.server, &service, &uri, o.instances, Duration::from_secs(10)).await?;
             }
             Ok(())
         }
@@ -445,14 +493,21 @@ async fn preregister(w: Arc<Workload>, deadline: Instant) -> Result<(), String> 
 }
 
 /// Waits until a query of `service` shows `n` instances.
-async fn wait_for_instances(addr: SocketAddr, service: &str, n: u64, within: Duration) -> Result<(), String> {
+async fn wait_for_instances(
+    addr: SocketAddr,
+    service: &str,
+    uri: &Uri,
+    n: u64,
+    within: Duration,
+) -> Result<(), String> {
     let until = Instant::now() + within;
     loop {
         if let Ok((StatusCode::OK, b)) =
-            once(addr, Method::GET, query_uri(service), Bytes::new(), Duration::from_secs(5)).await
+            once(addr, Method::GET, uri.clone(), Bytes::new(), Duration::from_secs(5)).await
         {
             let v: Value = serde_json::from_slice(&b).unwrap_or_default();
-            if v["instances"].as_array().is_some_and(|a| a.len() as u64 == n) {
+            let list = if v["hosts"].is_array() { &v["hosts"] } else { &v["instances"] };
+            if list.as_array().is_some_and(|a| a.len() as u64 == n) {
                 return Ok(());
             }
         }
@@ -811,7 +866,7 @@ mod tests {
             max_ops: 1,
             seed: 1,
             setup_timeout: Duration::from_secs(1),
-            api: eureka::Api::Native,
+            api: Api::Native,
         }
     }
 
