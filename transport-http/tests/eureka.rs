@@ -325,6 +325,15 @@ fn malformed_bodies_wrong_methods_and_unknown_paths_are_refused_and_change_nothi
         let r = eureka(&node, "POST", "/apps/SVC", headers, Some(body));
         assert_eq!(r.status, *status, "{body:.80}: {}", r.text());
     }
+    // The Eureka fields count against the metadata limits (64 entries by default).
+    let user: Vec<String> = (0..60).map(|i| format!(r#""k{i}": "v""#)).collect();
+    let big = good.replace(
+        r#""metadata": {"management.port": "7000", "#,
+        &format!(r#""metadata": {{{}, "#, user.join(", ")),
+    );
+    let r = eureka(&node, "POST", "/apps/SVC", &ct, Some(&big));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("metadata"), "{}", r.text());
     // Unknown fields are ignored, as Eureka's codec does.
     let extra = good.replace(r#""countryId": 1,"#, r#""countryId": 1, "newField": {"a": [1]},"#);
     assert_eq!(eureka(&node, "POST", "/apps/SVC", &ct, Some(&extra)).status, 204);
