@@ -55,7 +55,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
     version,
     about = "Muster service registry: run a node, or talk to one",
     after_help = "Exit codes: 0 done, 1 operation failed (not found, refused, ...), \
-                  2 usage error, 3 no server reachable."
+                  2 usage error, 3 no server reachable, 130 stopped by Ctrl-C or SIGTERM."
 )]
 pub struct Cli {
     /// What to do.
