@@ -6,12 +6,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use muster_transport_http::cli::{Cli, Command};
+use muster_transport_http::cli::Command;
 use muster_transport_http::config::ServeArgs;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    match muster_transport_http::cli::parse().command {
         Command::Serve(args) => serve(*args),
         client => muster_transport_http::cli::run(client),
     }

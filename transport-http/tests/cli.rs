@@ -14,6 +14,16 @@ use serde_json::Value;
 /// The lines a child prints, each with the moment it was read.
 fn lines(p: &mut Proc) -> mpsc::Receiver<(Instant, String)> {
     let stdout = p.0.stdout.take().expect("stdout piped");
+    read_lines(stdout)
+}
+
+/// The lines a child prints on stderr.
+fn error_lines(p: &mut Proc) -> mpsc::Receiver<(Instant, String)> {
+    let stderr = p.0.stderr.take().expect("stderr piped");
+    read_lines(stderr)
+}
+
+fn read_lines(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<(Instant, String)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -143,7 +153,11 @@ fn client_commands_print_aligned_text_and_stable_json() {
     assert!(ok(&muster(&["health"])).contains(&format!("{}  yes   yes", node.addr)));
 
     assert_eq!(ok(&muster(&["beat", "orders", "10.0.0.7", "8080"])), "alive; beat again within 1000 ms\n");
-    assert_eq!(json(&muster(&["beat", "orders", "10.0.0.7", "8080", "--json"]))["known"], true);
+    assert_eq!(
+        json(&muster(&["beat", "orders", "10.0.0.7", "8080", "--json"])),
+        serde_json::json!({"unknown": [], "heartbeat_interval_ms": 1000}),
+        "the API's own answer"
+    );
     ok(&muster(&["deregister", "orders", "10.0.0.10", "80"]));
     assert_eq!(count(&node, "orders"), 1);
 }
@@ -216,4 +230,119 @@ fn register_keep_beats_until_sigterm_then_deregisters() {
     let status = keep.terminate(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
     assert_eq!(count(&node, "orders"), 0);
+}
+
+#[test]
+fn client_flags_go_before_or_after_the_subcommand_and_output_is_unambiguous() {
+    let node = common::single("cli-flags", &[]);
+    let server = node.addr.as_str();
+    // Before the subcommand, with a value as the next argument or after `=`.
+    let out = run_muster(
+        &["--server", server, "--json", "register", "orders", "10.0.0.1", "1", "--persistent"],
+        &[],
+    );
+    assert_eq!(json(&out)["instance_id"], "10.0.0.1#1#DEFAULT");
+    let out = run_muster(&[&format!("--server={server}"), "-g", "shop", "instances", "orders"], &[]);
+    assert!(ok(&out).starts_with("public/shop/orders: 0 instances"), "{out:?}");
+    // A trailing comma or an empty entry in the list is skipped everywhere.
+    let listed = format!("{server},");
+    for args in [&["instances", "orders"][..], &["health"], &["nodes"], &["services"]] {
+        let out = run_muster(args, &[("MUSTER_SERVER", &listed)]);
+        assert_eq!(out.code, 0, "{args:?} with MUSTER_SERVER={listed:?}: {out:?}");
+    }
+    let out = run_muster(&["instances", "orders", "--server", &format!(",{server},,")], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = run_muster(&["instances", "orders", "--server", ","], &[]);
+    assert_eq!(out.code, 2, "no server at all is a usage error: {out:?}");
+
+    // Metadata values with `=` or `,` are quoted; plain ones are not.
+    let out = run_muster(
+        &[
+            "register",
+            "meta",
+            "10.0.0.2",
+            "2",
+            "--persistent",
+            "--server",
+            server,
+            "--meta",
+            "k=a=b,c",
+            "--meta",
+            "zone=eu-1",
+        ],
+        &[],
+    );
+    ok(&out);
+    let out = run_muster(&["instances", "meta", "--server", server], &[]);
+    assert!(ok(&out).lines().any(|l| l.ends_with(r#"k="a=b,c",zone=eu-1"#)), "{out:?}");
+}
+
+#[test]
+fn register_keep_says_what_it_does_and_when_it_is_disconnected_and_watch_too() {
+    let mut node = common::single("cli-disconnected", &[]);
+    let server = node.addr.clone();
+    let mut keep = Proc::muster(
+        &["register", "db", "10.0.0.3", "3", "--persistent", "--keep", "--server", &server],
+        &[],
+    );
+    let mut watch = Proc::muster(&["watch", "db", "--server", &server], &[]);
+    let out = lines(&mut keep);
+    let (_, line) =
+        line_where(&out, Duration::from_secs(5), "the registration", |l| l.starts_with("registered"));
+    assert!(line.contains("(persistent); checking every 1000 ms that the server still has it"), "{line}");
+    let watch_out = lines(&mut watch);
+    line_where(&watch_out, Duration::from_secs(5), "the watch's first list", |l| l.contains("db"));
+    let (keep_err, watch_err) = (error_lines(&mut keep), error_lines(&mut watch));
+
+    node.kill();
+    let killed = Instant::now();
+    for (what, rx) in [("register --keep", &keep_err), ("watch", &watch_err)] {
+        let (at, line) =
+            line_where(rx, Duration::from_secs(5), "a disconnection notice", |l| l.contains("disconnected"));
+        assert!(line.contains(&server) && line.contains("retrying"), "{what}: {line}");
+        eprintln!("{what} said it is disconnected {:?} after the kill", at - killed);
+    }
+    node.restart();
+    node.wait_ready(Duration::from_secs(10));
+    for (what, rx) in [("register --keep", &keep_err), ("watch", &watch_err)] {
+        line_where(rx, Duration::from_secs(5), "a reconnection notice", |l| l.contains("connected again"));
+        eprintln!("{what} reconnected");
+    }
+    // And the persistent instance is back on the node that lost it.
+    common::wait_until(Duration::from_secs(3), "the persistent instance back", || count(&node, "db") == 1);
+    assert!(keep.terminate(Duration::from_secs(5)).success());
+    assert!(watch.terminate(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn ctrl_c_stops_a_command_at_once_while_its_request_hangs() {
+    // A server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in listener.incoming().take(4) {
+            open.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    for args in [&["instances", "orders"][..], &["register", "orders", "10.0.0.4", "4", "--keep"]] {
+        let mut cmd =
+            common::muster_command(args, &[("MUSTER_SERVER", &addr), ("MUSTER_TIMEOUT_MS", "60000")]);
+        let mut child =
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = Instant::now();
+        let ok = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(sent.elapsed() < Duration::from_secs(2), "{args:?} still running after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(130), "{args:?}: {status:?}");
+    }
+    drop(held);
 }

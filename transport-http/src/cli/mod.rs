@@ -2,10 +2,16 @@
 //! are clients of a running registry, built on the SDK ([`crate::client`]).
 //!
 //! Every client subcommand takes `--server` (or `MUSTER_SERVER`, default
-//! `127.0.0.1:8848`; a comma-separated list fails over in order),
-//! `--namespace`, `--group`, `--token-file` and `--json`. Human output is
-//! aligned text on stdout (notes on stderr); `--json` prints the JSON of the
-//! OpenAPI answers, one document per line, stable for scripts.
+//! `127.0.0.1:8848`; a comma-separated list, empty entries skipped, starts
+//! at a random server and fails over), `--namespace`, `--group`,
+//! `--token-file`, `--timeout-ms` and `--json`, before or after the
+//! subcommand (`muster --server X watch orders`). Human output is aligned
+//! text on stdout (notes on stderr); `--json` prints the JSON of the OpenAPI
+//! answers, one document per line, stable for scripts. `watch` and
+//! `register --keep` say on stderr when no server answers and when one
+//! answers again. Ctrl-C (or SIGTERM) stops any command at once, even while
+//! a request hangs (exit 130); `register --keep` deregisters on the first
+//! one and stops at once on a second.
 //!
 //! # Exit codes
 //! | code | meaning |
@@ -14,8 +20,10 @@
 //! | 1 | the operation failed: not found, unknown instance, refused, unauthorized, a node not ready |
 //! | 2 | usage: a bad flag or argument (from clap, or a value the registry refuses) |
 //! | 3 | no server reachable |
+//! | 130 | stopped by Ctrl-C / SIGTERM before it finished |
 
 mod output;
+mod signals;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +36,8 @@ use crate::client::{
     BeatOutcome, Client, DEFAULT_SERVER, Error, InstanceRef, InstanceSpec, ListServices, QueryOptions,
 };
 use crate::config::ServeArgs;
+pub use signals::EXIT_INTERRUPTED;
+use signals::Signals;
 
 /// Exit code: done.
 pub const EXIT_OK: u8 = 0;
@@ -45,7 +55,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
     version,
     about = "Muster service registry: run a node, or talk to one",
     after_help = "Exit codes: 0 done, 1 operation failed (not found, refused, ...), \
-                  2 usage error, 3 no server reachable."
+                  2 usage error, 3 no server reachable, 130 stopped by Ctrl-C or SIGTERM."
 )]
 pub struct Cli {
     /// What to do.
@@ -226,6 +236,40 @@ impl Failure {
     }
 }
 
+/// Parses the command line, accepting the client options before the
+/// subcommand too (`muster --server X register ...`).
+pub fn parse() -> Cli {
+    Cli::parse_from(common_flags_after_subcommand(std::env::args_os().collect()))
+}
+
+/// Moves the client options given before the subcommand to just after it.
+fn common_flags_after_subcommand(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const WITH_VALUE: &[&str] =
+        &["--server", "-s", "--namespace", "-n", "--group", "-g", "--token-file", "--timeout-ms"];
+    let mut moved = Vec::new();
+    let mut i = 1;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        let name = arg.split_once('=').map_or(arg, |(n, _)| n);
+        if arg == "--json" || (arg.contains('=') && WITH_VALUE.contains(&name)) {
+            moved.push(i);
+            i += 1;
+        } else if WITH_VALUE.contains(&arg) {
+            moved.extend([i, i + 1]);
+            i += 2;
+        } else {
+            break;
+        }
+    }
+    let sub = i;
+    if moved.is_empty() || sub >= args.len() || args[sub] == "serve" {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), args[sub].clone()];
+    out.extend(moved.iter().filter_map(|&m| args.get(m).cloned()));
+    out.extend(args.iter().skip(sub + 1).cloned());
+    out
+}
+
 /// Runs a client subcommand (not `serve`) and returns the exit code; errors
 /// go to stderr, prefixed `muster:`.
 pub fn run(command: Command) -> ExitCode {
@@ -236,7 +280,16 @@ pub fn run(command: Command) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(dispatch(command)) {
+    let outcome = runtime.block_on(async {
+        let signals = Signals::install()
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("cannot listen for Ctrl-C: {e}")))?;
+        let mut stop = signals.clone();
+        tokio::select! {
+            result = dispatch(command, signals) => result,
+            () = stop.stop() => Err(Failure::new(EXIT_INTERRUPTED, "interrupted")),
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(f) => {
             eprintln!("muster: {}", f.message);
@@ -245,15 +298,15 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> Result<(), Failure> {
+async fn dispatch(command: Command, signals: Signals) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => Err(Failure::new(EXIT_USAGE, "`serve` is not a client command")),
-        Command::Register(args) => register(args).await,
+        Command::Register(args) => register(args, signals).await,
         Command::Deregister(args) => deregister(args).await,
         Command::Beat(args) => beat(args).await,
         Command::Instances(args) => instances(args).await,
         Command::Services(args) => services(args).await,
-        Command::Watch(args) => watch(args).await,
+        Command::Watch(args) => watch(args, signals).await,
         Command::Nodes(opts) => nodes(opts).await,
         Command::Health(opts) => health(opts).await,
     }
@@ -289,7 +342,7 @@ fn instance_ref(args: &InstanceArgs) -> InstanceRef {
 }
 
 /// `muster register SERVICE IP PORT [...]`
-async fn register(args: RegisterArgs) -> Result<(), Failure> {
+async fn register(args: RegisterArgs, mut signals: Signals) -> Result<(), Failure> {
     let i = &args.instance;
     let c = client(&i.client)?;
     let mut spec = InstanceSpec::new(i.service.as_str(), i.ip.as_str(), i.port)
@@ -325,19 +378,30 @@ async fn register(args: RegisterArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let registration = c.register(spec).await.map_err(|e| Failure::from_error(&e, ""))?;
+    signals.handle_first();
     let interval = registration.heartbeat_interval().as_millis();
     if i.client.json {
         output::print_json(&serde_json::json!({
             "instance_id": registration.instance_id(),
             "heartbeat_interval_ms": interval,
+            "created": registration.created(),
         }));
+    } else if registration.persistent() {
+        println!(
+            "registered {} in {service} (persistent); checking every {interval} ms that the server \
+             still has it and registering it again if not; Ctrl-C deregisters",
+            registration.instance_id()
+        );
     } else {
         println!(
             "registered {} in {service}; beating every {interval} ms; Ctrl-C deregisters",
             registration.instance_id()
         );
     }
-    shutdown_signal().await;
+    tokio::select! {
+        () = signals.next() => {}
+        () = report_connection(&c) => {}
+    }
     let id = registration.instance_id().to_owned();
     registration.close().await.map_err(|e| Failure::from_error(&e, ""))?;
     if !i.client.json {
@@ -346,27 +410,22 @@ async fn register(args: RegisterArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    () = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+/// Says on stderr, every time it changes, whether a server answers; runs
+/// until cancelled.
+async fn report_connection(c: &Client) {
+    let mut connected = true;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = c.connected();
+        if now != connected {
+            if now {
+                eprintln!("muster: connected again to {}", c.current_server());
+            } else {
+                eprintln!("muster: disconnected: no server of {} answers; retrying", c.servers().join(","));
             }
-            Err(_) => ctrl_c.await,
+            connected = now;
         }
     }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 /// `muster deregister SERVICE IP PORT`
@@ -385,28 +444,30 @@ async fn deregister(args: InstanceArgs) -> Result<(), Failure> {
 /// `muster beat SERVICE IP PORT`
 async fn beat(args: InstanceArgs) -> Result<(), Failure> {
     let c = client(&args.client)?;
-    match c.beat(&instance_ref(&args)).await.map_err(|e| Failure::from_error(&e, ""))? {
+    let answer = c.beat_answer(&instance_ref(&args)).await.map_err(|e| Failure::from_error(&e, ""))?;
+    if args.client.json {
+        // The API's own answer: {"unknown": [...], "heartbeat_interval_ms": N}.
+        output::print_json(&answer);
+    }
+    let outcome = if answer.unknown.is_empty() {
+        BeatOutcome::Alive { heartbeat_interval: Duration::from_millis(answer.heartbeat_interval_ms) }
+    } else {
+        BeatOutcome::Unknown
+    };
+    match outcome {
         BeatOutcome::Alive { heartbeat_interval } => {
-            let ms = heartbeat_interval.as_millis();
-            if args.client.json {
-                output::print_json(&serde_json::json!({ "known": true, "heartbeat_interval_ms": ms }));
-            } else {
-                println!("alive; beat again within {ms} ms");
+            if !args.client.json {
+                println!("alive; beat again within {} ms", heartbeat_interval.as_millis());
             }
             Ok(())
         }
-        _ => {
-            if args.client.json {
-                output::print_json(&serde_json::json!({ "known": false }));
-            }
-            Err(Failure::new(
-                EXIT_FAILED,
-                format!(
-                    "the server does not know {}:{} of {}; register it again with `muster register {} {} {}`",
-                    args.ip, args.port, args.service, args.service, args.ip, args.port
-                ),
-            ))
-        }
+        _ => Err(Failure::new(
+            EXIT_FAILED,
+            format!(
+                "the server does not know {}:{} of {}; register it again with `muster register {} {} {}`",
+                args.ip, args.port, args.service, args.service, args.ip, args.port
+            ),
+        )),
     }
 }
 
@@ -442,13 +503,19 @@ async fn services(args: ServicesArgs) -> Result<(), Failure> {
 }
 
 /// `muster watch SERVICE`: the list, then each change, until Ctrl-C.
-async fn watch(args: WatchArgs) -> Result<(), Failure> {
+async fn watch(args: WatchArgs, mut signals: Signals) -> Result<(), Failure> {
     let c = client(&args.client)?;
     // Fail fast (exit 3) if no server answers at the start.
     c.instances(&args.service).await.map_err(|e| Failure::from_error(&e, ""))?;
     let mut changes = c.subscribe(&args.service).await.map_err(|e| Failure::from_error(&e, ""))?;
+    signals.handle_first();
     let mut previous = None;
-    let stop = shutdown_signal();
+    let stop = async {
+        tokio::select! {
+            () = signals.next() => {}
+            () = report_connection(&c) => {}
+        }
+    };
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -55,7 +55,15 @@ fn metadata(i: &Instance) -> String {
     if i.metadata.is_empty() {
         return "-".to_owned();
     }
-    i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    i.metadata.iter().map(|(k, v)| format!("{}={}", quoted(k), quoted(v))).collect::<Vec<_>>().join(",")
+}
+
+/// `s` as it is if it holds nothing that separates metadata entries, else
+/// quoted with escapes (`"a=b,c"`), so every entry reads back unambiguously.
+fn quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && !s.chars().any(|c| matches!(c, '=' | ',' | '"' | '\\') || c.is_whitespace() || c.is_control());
+    if plain { s.to_owned() } else { format!("{s:?}") }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

@@ -53,7 +53,7 @@ pub enum Error {
     },
     /// A server's answer could not be understood (a different program on that
     /// port, or an incompatible version). Nothing in the client changed.
-    #[error("unexpected answer from {server}: {message}")]
+    #[error("unexpected answer from {server}: {message}; is it a Muster node? Check the server address")]
     Protocol {
         /// The server.
         server: String,
@@ -67,16 +67,40 @@ pub enum Error {
         /// The service, `namespace/group/service`.
         service: String,
     },
-    /// The call needs a tokio runtime (to run the heartbeat or watch task)
-    /// and none is current. Nothing was started.
-    #[error("no tokio runtime: call the Muster client from within a tokio runtime")]
-    NoRuntime,
+    /// `max_watches` watches run already and every one is held by a
+    /// subscription: drop one, [`Client::unwatch`](super::Client::unwatch)
+    /// one, or raise `ClientBuilder::max_watches`.
+    #[error(
+        "too many watches: {limit} services are watched and each has a subscription; drop one or raise max_watches"
+    )]
+    TooManyWatches {
+        /// The client's `max_watches`.
+        limit: usize,
+    },
+    /// No server answered, and the snapshot on disk that would have answered
+    /// instead is corrupt (reported once in the log, too).
+    #[error("{unavailable}; the snapshot {} is corrupt ({message}): delete it", path.display())]
+    CorruptSnapshot {
+        /// The snapshot file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+        /// Why no server answered.
+        unavailable: Unavailable,
+    },
+    /// The SDK could not start (or lost) its own background runtime, which
+    /// runs every request, heartbeat and watch. Nothing was started.
+    #[error("the Muster SDK's background runtime is not available: {reason}")]
+    NoRuntime {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {
     /// Whether no server could be reached (a reason to retry later).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::CorruptSnapshot { .. })
     }
 
     /// Whether the server said the instance or service does not exist.

@@ -12,28 +12,37 @@
 //! cache; [`Client::with_group`] and [`Client::with_namespace`] give clones
 //! that default to another group or namespace).
 //!
-//! - **Failover.** Requests go to one server; a connection error, a timeout
-//!   or a 5xx / 429 answer moves them to the next server at once, with
-//!   backoff for the one that failed; a server that recovers is used again.
+//! - **Failover.** Each client starts at a random server (spreading many
+//!   clients over the cluster); a connection error, a timeout or a 5xx / 429
+//!   answer moves requests to the next server at once, with jittered backoff
+//!   for the one that failed; a server that recovers is used again. A
+//!   server that stops answering while watches wait on it (SIGSTOPped,
+//!   wedged) is found by a probe every `hung_after` and left within a few
+//!   seconds. One log line per failover.
 //! - **Providers.** [`Client::register`] returns a [`Registration`]: the
 //!   instance stays registered while the handle lives. All registrations of
 //!   a process share one batched heartbeat at the interval the server asks
-//!   for; an instance a server does not know (a restarted node) is
-//!   registered again at once, and so is every instance when the client moves
-//!   to another server. [`Registration::close`] deregisters; dropping the
-//!   handle deregisters in the background, best effort.
+//!   for; an instance a server does not know (a restarted node, or the
+//!   server the client moved to) is registered again at once; persistent
+//!   registrations are checked in the same batched rounds and come back too.
+//!   [`Registration::close`] deregisters; dropping the handle deregisters in
+//!   the background, best effort.
 //! - **Consumers.** [`Client::instances`] answers from a local cache kept
 //!   fresh by long polls (changes arrive within milliseconds); the cache keeps
 //!   answering while every server is down, optionally survives a restart of
 //!   the consumer through a snapshot on disk ([`ClientBuilder::snapshot_dir`]),
-//!   and is not wiped by the empty answer of a registry node that lost its
-//!   memory (see [`InstanceList::known`]). [`Client::subscribe`] streams the
-//!   lists as they change; [`Client::choose`] picks a serving instance by
-//!   weight.
+//!   and holds instances that providers will register again for at most
+//!   `recovery_grace` after a node lost its memory or a failover (see the
+//!   `consumer` module notes and [`InstanceList::known`]).
+//!   [`Client::subscribe`] streams the lists as they change;
+//!   [`Client::choose`] picks a serving instance by weight. Watches are
+//!   bounded (`max_watches`) and end ([`Client::unwatch`], the last
+//!   subscription dropped, or `watch_idle` without a lookup).
 //!
-//! Everything is async on tokio; nothing panics; every failure is an
-//! [`Error`]. Spans: `muster_register`, `muster_heartbeats`,
-//! `muster_deregister`, `muster_watch`.
+//! Every request, heartbeat and watch runs on the SDK's own background
+//! runtime, so the async API works from any tokio runtime (or none);
+//! nothing panics; every failure is an [`Error`]. Spans: `muster_register`,
+//! `muster_heartbeats`, `muster_deregister`, `muster_watch`.
 //!
 //! # Provider
 //!
@@ -70,6 +79,7 @@ mod error;
 mod model;
 mod pool;
 mod provider;
+mod runtime;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -119,6 +129,8 @@ struct Settings {
     request_timeout: Duration,
     watch_wait: Duration,
     recovery_grace: Duration,
+    replication_window: Duration,
+    min_poll_interval: Duration,
     snapshot_dir: Option<PathBuf>,
 }
 
@@ -137,6 +149,11 @@ pub struct ClientBuilder {
     backoff_max: Duration,
     snapshot_dir: Option<PathBuf>,
     spread: bool,
+    max_watches: usize,
+    watch_idle: Duration,
+    hung_after: Duration,
+    replication_window: Duration,
+    min_poll_interval: Duration,
 }
 
 impl ClientBuilder {
@@ -184,14 +201,15 @@ impl ClientBuilder {
         self
     }
 
-    /// How long the cache holds on to instances a server's answer lacks
-    /// when that answer comes from a server that holds no record of the
-    /// service (it lost its memory), or from another server than the last
-    /// one (a failover, where the new server may have missed the newest
-    /// registrations of the dead one): the list shrinks only when the missing
-    /// instances do not come back (providers register again) within this
-    /// time (default 10 s: two default heartbeat intervals). Growth and
-    /// changes are taken at once.
+    /// Longest time the cache holds back the removal of instances that
+    /// providers are expected to register again: the cached ephemeral
+    /// instances after an answer from a server that holds no record of the
+    /// service (it lost its memory), and after a failover the ones the new
+    /// server lacks that this client saw within `replication_window`. The
+    /// list shown meanwhile is the server's answer plus the held instances;
+    /// a held instance is dropped as soon as it is back (default 10 s: two
+    /// default heartbeat intervals). Growth and changes of listed instances
+    /// are taken at once.
     #[must_use]
     pub fn recovery_grace(mut self, grace: Duration) -> ClientBuilder {
         self.recovery_grace = grace;
@@ -216,16 +234,61 @@ impl ClientBuilder {
         self
     }
 
-    /// Starts at a random server instead of the first, to spread many
-    /// clients over the cluster (default: the first, in the order given).
+    /// Starts at a random server (default), spreading many clients over the
+    /// cluster; `false` starts at the first, in the order given.
     #[must_use]
     pub fn spread(mut self, spread: bool) -> ClientBuilder {
         self.spread = spread;
         self
     }
 
-    /// Checks the settings and builds the client. Needs no runtime; the
-    /// first registration or watch does.
+    /// Most services watched at once, each holding one connection (one
+    /// file descriptor) (default 256). A new watch past it replaces the least
+    /// recently used one no subscription holds.
+    #[must_use]
+    pub fn max_watches(mut self, max: usize) -> ClientBuilder {
+        self.max_watches = max;
+        self
+    }
+
+    /// How long a watch lives without a subscription and without a lookup
+    /// (`instances`, `choose`) before it ends and closes its connection
+    /// (default 5 min).
+    #[must_use]
+    pub fn watch_idle(mut self, idle: Duration) -> ClientBuilder {
+        self.watch_idle = idle;
+        self
+    }
+
+    /// While watches are in flight to a server, it is probed this often
+    /// and must answer within this time; one that does not is left, and its
+    /// watches move to another server (default 2 s).
+    #[must_use]
+    pub fn hung_after(mut self, after: Duration) -> ClientBuilder {
+        self.hung_after = after;
+        self
+    }
+
+    /// After the watch moved to another server, only cached instances first
+    /// seen less than this ago are held back while the new server lacks
+    /// them (they may not have been replicated yet); older ones are gone at
+    /// once (default 2 s).
+    #[must_use]
+    pub fn replication_window(mut self, window: Duration) -> ClientBuilder {
+        self.replication_window = window;
+        self
+    }
+
+    /// Least time between the starts of two long polls of one service,
+    /// whatever a node answers (default 100 ms).
+    #[must_use]
+    pub fn min_poll_interval(mut self, interval: Duration) -> ClientBuilder {
+        self.min_poll_interval = interval;
+        self
+    }
+
+    /// Checks the settings and builds the client. Needs no runtime: the
+    /// SDK's own starts on first use.
     pub fn build(self) -> Result<Client, Error> {
         Name::parse(Field::Namespace, &self.namespace)?;
         Name::parse(Field::Group, &self.group)?;
@@ -234,15 +297,21 @@ impl ClientBuilder {
             ("request_timeout", self.request_timeout),
             ("watch_wait", self.watch_wait),
             ("backoff", self.backoff_min),
+            ("watch_idle", self.watch_idle),
+            ("hung_after", self.hung_after),
         ] {
             if d.is_zero() {
                 return Err(Error::invalid(field, "must be greater than zero"));
             }
         }
+        if self.max_watches == 0 {
+            return Err(Error::invalid("max_watches", "must be 1 or more"));
+        }
         let timings = PoolTimings {
             connect_timeout: self.connect_timeout,
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
+            hung_after: self.hung_after,
         };
         let pool = Pool::new(&self.servers, self.token.as_deref(), timings)?;
         if self.spread {
@@ -252,13 +321,18 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             watch_wait: self.watch_wait,
             recovery_grace: self.recovery_grace,
+            replication_window: self.replication_window,
+            min_poll_interval: self.min_poll_interval,
             snapshot_dir: self.snapshot_dir,
         };
         let inner = Inner {
             pool: Arc::new(pool),
             settings,
             beater: Mutex::new(None),
-            consumer: consumer::Consumer::default(),
+            consumer: consumer::Consumer::new(consumer::WatchLimits {
+                max: self.max_watches,
+                idle: self.watch_idle,
+            }),
             next_id: AtomicU64::new(0),
         };
         Ok(Client { inner: Arc::new(inner), namespace: self.namespace.into(), group: self.group.into() })
@@ -272,7 +346,8 @@ impl Client {
         Client::builder(servers.split(',').map(str::trim).filter(|s| !s.is_empty())).build()
     }
 
-    /// A builder over `servers`, tried in the order given.
+    /// A builder over `servers`: requests start at a random one (see
+    /// [`ClientBuilder::spread`]) and fail over in the order given.
     pub fn builder<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> ClientBuilder {
         ClientBuilder {
             servers: servers.into_iter().map(Into::into).collect(),
@@ -286,7 +361,12 @@ impl Client {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(5),
             snapshot_dir: None,
-            spread: false,
+            spread: true,
+            max_watches: 256,
+            watch_idle: Duration::from_secs(300),
+            hung_after: Duration::from_secs(2),
+            replication_window: Duration::from_secs(2),
+            min_poll_interval: Duration::from_millis(100),
         }
     }
 
@@ -320,6 +400,13 @@ impl Client {
     /// The server requests go to now.
     pub fn current_server(&self) -> String {
         self.inner.pool.addr(self.inner.pool.current()).to_owned()
+    }
+
+    /// Whether the client reaches a server: `false` from a request that no
+    /// server answered until one answers again (heartbeats and watches
+    /// retry meanwhile).
+    pub fn connected(&self) -> bool {
+        !self.inner.pool.in_outage()
     }
 
     /// How many times the client moved to another server.
@@ -369,12 +456,30 @@ impl Client {
                     server,
                     live: false,
                     ready: false,
-                    problem: Some(format!("/health/live answered {}", a.status)),
+                    problem: Some(if a.status.is_server_error() {
+                        format!("/health/live answered {}", a.status)
+                    } else {
+                        format!("/health/live answered {}: is it a Muster node?", a.status)
+                    }),
+                },
+                Ok(a) if !says_status(&a.body, "live") => ServerHealth {
+                    server,
+                    live: false,
+                    ready: false,
+                    problem: Some("/health/live is not Muster's answer: is it a Muster node?".to_owned()),
                 },
                 Ok(_) => match pool.send_to(i, &Call::new(Method::GET, "/health/ready", timeout)).await {
-                    Ok(a) if a.status.is_success() => {
+                    Ok(a) if a.status.is_success() && says_status(&a.body, "ready") => {
                         ServerHealth { server, live: true, ready: true, problem: None }
                     }
+                    Ok(a) if a.status.is_success() => ServerHealth {
+                        server,
+                        live: true,
+                        ready: false,
+                        problem: Some(
+                            "/health/ready is not Muster's answer: is it a Muster node?".to_owned(),
+                        ),
+                    },
                     Ok(a) => {
                         let why = pool.decode::<serde_json::Value>(&a).err().map(|e| e.to_string());
                         ServerHealth { server, live: true, ready: false, problem: why }
@@ -388,6 +493,11 @@ impl Client {
     }
 }
 
+/// Whether `body` is Muster's `{"status": "<status>"}`.
+fn says_status(body: &[u8], status: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["status"] == status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,7 +506,7 @@ mod tests {
     fn a_client_is_built_from_a_comma_list_without_a_runtime() {
         let c = Client::new("127.0.0.1:1, localhost ,[::1]:3").unwrap();
         assert_eq!(c.servers(), ["127.0.0.1:1", "localhost:8848", "[::1]:3"]);
-        assert_eq!(c.current_server(), "127.0.0.1:1");
+        assert!(c.servers().contains(&c.current_server()), "starts at a random server");
         assert_eq!((c.namespace(), c.group()), ("public", "DEFAULT_GROUP"));
         let g = c.with_group("payments").unwrap();
         assert_eq!(g.group(), "payments");

@@ -389,7 +389,7 @@ pub enum BeatOutcome {
 }
 
 /// The JSON answer of `PUT /v1/instances/beat`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct BeatAnswer {
     pub(crate) unknown: Vec<usize>,
     pub(crate) heartbeat_interval_ms: u64,

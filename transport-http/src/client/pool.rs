@@ -8,10 +8,21 @@
 //! a live one exists, and a recovered server is used again as soon as its
 //! backoff ends (or at once, when it is the only one left). Every request the
 //! SDK sends is idempotent, so repeating it on another server is safe.
+//!
+//! Two lanes: long polls (watches) use their own connections, everything
+//! else (heartbeats, registrations, queries, probes) another HTTP client, so
+//! a client holding many watches never queues its heartbeats behind them.
+//! A 429 on a watch (the node's watch table is full) is "watch later", not
+//! a failed server. While watches are in flight to a server, a prober asks
+//! it `GET /health/live` every `hung_after`; a server that does not answer
+//! within `hung_after` is hung (SIGSTOPped, wedged): it goes into backoff
+//! and its long polls are cut at once, so they move to another server in a
+//! few seconds instead of waiting out their poll. Every request runs on the
+//! SDK's own runtime ([`super::runtime`]).
 
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +34,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::{Attempt, Error, Unavailable};
+use super::runtime;
 
 /// The port of a server address given without one.
 pub(crate) const DEFAULT_PORT: u16 = 8848;
@@ -41,12 +54,21 @@ pub(crate) struct PoolTimings {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// Probe period and timeout of servers with watches in flight.
+    pub(crate) hung_after: Duration,
 }
 
 /// The servers, their health and one pooled HTTP/1 client.
 pub(crate) struct Pool {
     servers: Vec<Server>,
+    /// Heartbeats, registrations, queries, probes.
     http: HttpClient,
+    /// Long polls only.
+    watches: HttpClient,
+    /// Whether the prober runs.
+    probing: AtomicBool,
+    /// No server answered the last request (logged once per outage).
+    outage: AtomicBool,
     auth: Option<HeaderValue>,
     current: AtomicUsize,
     switches: AtomicU64,
@@ -66,6 +88,10 @@ struct Server {
     /// `host:port`.
     addr: String,
     health: Mutex<Health>,
+    /// Long polls in flight to this server.
+    polls: Arc<AtomicUsize>,
+    /// Bumped when the server is found hung: its long polls end at once.
+    hung: watch::Sender<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,11 +111,19 @@ pub(crate) struct Call {
     pub(crate) body: Option<Bytes>,
     /// Longest wait for the whole answer from one server.
     pub(crate) timeout: Duration,
+    /// A long poll: its own connections, 429 is not a failover, cut when
+    /// the server is found hung.
+    pub(crate) watch: bool,
 }
 
 impl Call {
     pub(crate) fn new(method: Method, path: impl Into<String>, timeout: Duration) -> Call {
-        Call { method, path: path.into(), body: None, timeout }
+        Call { method, path: path.into(), body: None, timeout, watch: false }
+    }
+
+    /// A long poll `GET`.
+    pub(crate) fn watch(path: impl Into<String>, timeout: Duration) -> Call {
+        Call { watch: true, ..Call::new(Method::GET, path, timeout) }
     }
 
     /// The same call with a JSON body.
@@ -113,12 +147,22 @@ impl Pool {
     /// A pool over `servers` (`host:port`, `host` for port 8848, or
     /// `http://host:port`), in the order given.
     pub(crate) fn new(servers: &[String], token: Option<&str>, timings: PoolTimings) -> Result<Pool, Error> {
+        // Empty entries (a trailing comma, `a:1,,b:2`) are skipped, as
+        // `Client::new` and the CLI do.
+        let servers: Vec<&String> = servers.iter().filter(|s| !s.trim().is_empty()).collect();
         if servers.is_empty() {
             return Err(Error::invalid("server", "give at least one server address, e.g. 127.0.0.1:8848"));
         }
         let servers = servers
-            .iter()
-            .map(|s| Ok(Server { addr: parse_server(s)?, health: Mutex::new(Health::default()) }))
+            .into_iter()
+            .map(|s| {
+                Ok(Server {
+                    addr: parse_server(s)?,
+                    health: Mutex::new(Health::default()),
+                    polls: Arc::new(AtomicUsize::new(0)),
+                    hung: watch::Sender::new(0),
+                })
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         let auth = token
             .map(|t| {
@@ -132,8 +176,24 @@ impl Pool {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        // Idle watch connections close soon: a released watch gives its
+        // file descriptor back within seconds.
+        let watches = HyperClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(5))
             .build(connector);
-        Ok(Pool { servers, http, auth, current: AtomicUsize::new(0), switches: AtomicU64::new(0), timings })
+        Ok(Pool {
+            servers,
+            http,
+            watches,
+            probing: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
+            auth,
+            current: AtomicUsize::new(0),
+            switches: AtomicU64::new(0),
+            timings,
+        })
     }
 
     /// Number of servers.
@@ -156,6 +216,11 @@ impl Pool {
         if i < self.servers.len() {
             self.current.store(i, Ordering::Release);
         }
+    }
+
+    /// Whether the last request reached no server (until one answers).
+    pub(crate) fn in_outage(&self) -> bool {
+        self.outage.load(Ordering::Acquire)
     }
 
     /// How many times the current server changed.
@@ -194,13 +259,16 @@ impl Pool {
         let Some(server) = self.servers.get(i) else { return };
         let mut h = server.health.lock().unwrap_or_else(PoisonError::into_inner);
         h.failures = h.failures.saturating_add(1);
-        let backoff = backoff(self.timings.backoff_min, self.timings.backoff_max, h.failures);
+        let backoff = jitter(backoff(self.timings.backoff_min, self.timings.backoff_max, h.failures));
         h.backoff_until = Some(later(Instant::now(), backoff));
     }
 
     fn succeeded(&self, i: usize) {
         let Some(server) = self.servers.get(i) else { return };
         *server.health.lock().unwrap_or_else(PoisonError::into_inner) = Health::default();
+        if self.outage.swap(false, Ordering::AcqRel) {
+            tracing::info!(server = %server.addr, "a Muster server answers again");
+        }
         let before = self.current.swap(i, Ordering::AcqRel);
         if before != i {
             self.switches.fetch_add(1, Ordering::AcqRel);
@@ -214,6 +282,10 @@ impl Pool {
         let mut attempts = Vec::new();
         for i in self.order() {
             match self.send_to(i, call).await {
+                Ok(answer) if call.watch && answer.status == StatusCode::TOO_MANY_REQUESTS => {
+                    // The node is fine, its watch table is full: watch later.
+                    return Ok(answer);
+                }
                 Ok(answer) if !fail_over(answer.status) => {
                     self.succeeded(i);
                     return Ok(answer);
@@ -231,7 +303,11 @@ impl Pool {
                 }
             }
         }
-        Err(Error::Unavailable(Unavailable { attempts }))
+        let e = Unavailable { attempts };
+        if !self.outage.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "no Muster server answers; the client keeps retrying (caches keep answering)");
+        }
+        Err(Error::Unavailable(e))
     }
 
     /// Sends `call` to server `i` only; `Err` is why it could not be reached.
@@ -250,8 +326,9 @@ impl Pool {
         let req = req
             .body(Full::new(call.body.clone().unwrap_or_default()))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| describe_request_error(&e))?;
+        let http = if call.watch { self.watches.clone() } else { self.http.clone() };
+        let exchange = async move {
+            let resp = http.request(req).await.map_err(|e| describe_request_error(&e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
                 .collect()
@@ -260,10 +337,39 @@ impl Pool {
                 .to_bytes();
             Ok(Answer { status, body, server: i })
         };
-        match tokio::time::timeout(call.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {} ms", call.timeout.as_millis())),
+        let timeout = call.timeout;
+        let mut hung = match self.servers.get(i) {
+            Some(s) if call.watch => Some((s.hung.subscribe(), PollGuard::new(&s.polls))),
+            _ => None,
+        };
+        let timed = async move {
+            let cut = async {
+                match hung.as_mut() {
+                    Some((rx, _)) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = tokio::time::timeout(timeout, exchange) => match result {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                },
+                () = cut => Err("the server stopped answering probes (hung?); watching elsewhere".to_owned()),
+            }
+        };
+        runtime::run(timed).await.map_err(|e| e.to_string())?
+    }
+
+    /// Starts the prober of servers with watches in flight, once.
+    pub(crate) fn start_prober(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let Ok(handle) = runtime::handle() else { return };
+        let pool = Arc::downgrade(self);
+        handle.spawn(probe(pool, self.timings.hung_after));
     }
 
     /// Sends `call` with failover and decodes a 2xx JSON answer; other
@@ -289,6 +395,53 @@ impl Pool {
     }
 }
 
+/// Probes every server with long polls in flight each `period`; cuts the
+/// polls of one that does not answer within `period`. Ends with the pool.
+async fn probe(pool: Weak<Pool>, period: Duration) {
+    loop {
+        tokio::time::sleep(jitter(period)).await;
+        let Some(pool) = pool.upgrade() else { return };
+        for i in 0..pool.len() {
+            let Some(server) = pool.servers.get(i) else { continue };
+            if server.polls.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let call = Call::new(Method::GET, "/health/live", period);
+            let probed = pool.send_to(i, &call).await;
+            if probed.as_ref().is_ok_and(|a| a.status.is_success()) && pool.in_outage() {
+                // A watch waits on it: it is reachable again, though no
+                // request completed yet.
+                pool.succeeded(i);
+            }
+            if let Err(reason) = probed {
+                tracing::warn!(
+                    server = %server.addr,
+                    %reason,
+                    "server does not answer probes: moving its watches to another server"
+                );
+                pool.failed(i);
+                server.hung.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+}
+
+/// Counts a long poll in flight while it lives.
+struct PollGuard(Arc<AtomicUsize>);
+
+impl PollGuard {
+    fn new(polls: &Arc<AtomicUsize>) -> PollGuard {
+        polls.fetch_add(1, Ordering::AcqRel);
+        PollGuard(Arc::clone(polls))
+    }
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Whether a status is a reason to try the next server.
 fn fail_over(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
@@ -298,6 +451,12 @@ fn fail_over(status: StatusCode) -> bool {
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     const DAY: Duration = Duration::from_secs(86_400);
     now.checked_add(d.min(DAY)).unwrap_or(now)
+}
+
+/// `d` scaled by a random factor in 0.75..1.25, so that many clients retry
+/// apart.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() / 2.0)
 }
 
 /// `min * 2^(failures - 1)`, capped at `max`.
@@ -393,6 +552,10 @@ fn api_error(server: &str, status: StatusCode, body: &[u8]) -> Error {
             message: detail.message,
         },
         StatusCode::UNAUTHORIZED => Error::Unauthorized { message: detail.message },
+        StatusCode::NOT_FOUND if parse_error(body).is_none() => Error::Protocol {
+            server: server.to_owned(),
+            message: format!("404 without a Muster error body ({:?})", error_message(body)),
+        },
         StatusCode::NOT_FOUND => Error::NotFound { message: detail.message },
         _ => Error::Refused {
             server: server.to_owned(),
@@ -437,6 +600,8 @@ mod tests {
         );
         let body = br#"{"error":{"code":"instance_not_found","message":"no such instance"}}"#;
         assert!(api_error("a:1", StatusCode::NOT_FOUND, body).is_not_found());
+        let e = api_error("a:1", StatusCode::NOT_FOUND, b"");
+        assert!(e.to_string().contains("is it a Muster node?"), "{e}");
         let e = api_error("a:1", StatusCode::CONFLICT, b"not json");
         assert!(matches!(e, Error::Refused { status: 409, ref code, .. } if code == "conflict"), "{e:?}");
         assert!(fail_over(StatusCode::SERVICE_UNAVAILABLE));
@@ -451,6 +616,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_secs(10),
             backoff_max: Duration::from_secs(10),
+            hung_after: Duration::from_secs(2),
         };
         let pool = Pool::new(&servers, None, timings).unwrap();
         assert_eq!(pool.order(), [0, 1, 2]);

@@ -4,13 +4,19 @@
 //! one task, the beater, with one `PUT /v1/instances/beat {"beats": [...]}`
 //! per round for all registrations due within half an interval of each
 //! other. The beater owns the timing: each instance beats at the interval the
-//! server gave it; a failed round is retried with backoff (never later than
-//! half an interval, so a recovered server hears from every instance within
-//! one interval); instances the server calls unknown are registered again at
-//! once, and so is every instance when the client moves to another server.
-//! Re-registration sends the registration's current state (weight, enabled,
-//! metadata after any update), so it restores exactly what the provider
-//! asked for.
+//! server gave it; a failed round is retried with jittered backoff (never
+//! later than half an interval, so a recovered server hears from every
+//! instance within one interval); instances the server calls unknown are
+//! registered again at once. Persistent registrations (`ephemeral(false)`)
+//! are in the same rounds: for them the beat is an existence check (a beat
+//! changes nothing on a persistent instance), so a node that lost one (a
+//! restart without storage, a failover inside the sync delay) gets it back
+//! within one interval. When the client moves to another server, every
+//! registration is asked about at once, in batched beats, and only what the
+//! new server calls unknown is registered again. Re-registration sends the
+//! registration's current state (weight, enabled, metadata after any
+//! update), so it restores exactly what the provider asked for. Logs: one
+//! summary line per re-registration round, never one per instance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +33,8 @@ use tracing::Instrument;
 use super::Client;
 use super::error::Error;
 use super::model::{BeatAnswer, BeatOutcome, InstanceRef, InstanceSpec, InstanceUpdate, Key, Registered};
-use super::pool::{Call, Pool, backoff, later};
+use super::pool::{Call, Pool, backoff, jitter, later};
+use super::runtime;
 
 /// Most keys in one heartbeat request (servers accept 10000 by default).
 const BATCH_MAX: usize = 500;
@@ -40,9 +47,10 @@ const REREGISTER_ROUNDS_MAX: u32 = 3;
 
 /// A registered instance that stays registered while the handle lives.
 ///
-/// The client heartbeats it at the interval the server gives, registers it
-/// again at once when a server does not know it (a restarted node) or when
-/// the client moves to another server, and keeps its weight, enabled flag and
+/// The client heartbeats it (or, if persistent, checks that the server
+/// still has it) at the interval the server gives, registers it again at
+/// once when a server does not know it (a restarted node, or a server the
+/// client moved to that lacks it), and keeps its weight, enabled flag and
 /// metadata as last set through [`update`](Self::update). [`close`](Self::close)
 /// deregisters it; dropping the handle deregisters it in the background, best
 /// effort (if the runtime stops first, the instance expires by silence).
@@ -66,7 +74,8 @@ pub(crate) struct Entry {
     version: AtomicU64,
     interval_ms: AtomicU64,
     reregistrations: AtomicU64,
-    beats: bool,
+    /// The first registration created the instance (it was not there).
+    created: bool,
 }
 
 impl Entry {
@@ -136,8 +145,8 @@ impl Client {
         let entry = Arc::new(Entry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             instance_id: registered.instance_id,
+            created: registered.created,
             key,
-            beats: body.ephemeral != Some(false),
             body: Mutex::new(body),
             version: AtomicU64::new(0),
             interval_ms: AtomicU64::new(registered.heartbeat_interval_ms),
@@ -168,15 +177,20 @@ impl Client {
 
     /// Sends one heartbeat for an instance.
     pub async fn beat(&self, instance: &InstanceRef) -> Result<BeatOutcome, Error> {
-        let key = instance.key(&self.namespace, &self.group)?;
-        let call = Call::new(Method::PUT, "/v1/instances/beat", self.inner.settings.request_timeout)
-            .json(&Beats { beats: vec![&key] })?;
-        let (answer, _) = self.inner.pool.json::<BeatAnswer>(&call).await?;
+        let answer = self.beat_answer(instance).await?;
         Ok(if answer.unknown.is_empty() {
             BeatOutcome::Alive { heartbeat_interval: Duration::from_millis(answer.heartbeat_interval_ms) }
         } else {
             BeatOutcome::Unknown
         })
+    }
+
+    /// One heartbeat, and the server's answer as it is.
+    pub(crate) async fn beat_answer(&self, instance: &InstanceRef) -> Result<BeatAnswer, Error> {
+        let key = instance.key(&self.namespace, &self.group)?;
+        let call = Call::new(Method::PUT, "/v1/instances/beat", self.inner.settings.request_timeout)
+            .json(&Beats { beats: vec![&key] })?;
+        Ok(self.inner.pool.json::<BeatAnswer>(&call).await?.0)
     }
 
     /// Deregisters an instance (`NotFound` if the server does not know it);
@@ -199,7 +213,7 @@ impl Client {
         if let Some(tx) = slot.as_ref() {
             return Ok(tx.clone());
         }
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let handle = runtime::handle()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let beater = Beater::new(Arc::clone(&self.inner.pool), rx, self.inner.settings.request_timeout);
         handle.spawn(beater.run().instrument(tracing::info_span!("muster_heartbeats")));
@@ -217,6 +231,17 @@ impl Registration {
     /// The heartbeat interval the server asked for.
     pub fn heartbeat_interval(&self) -> Duration {
         self.entry.interval()
+    }
+
+    /// Whether the first registration created the instance (`false`: it was
+    /// there and got updated).
+    pub fn created(&self) -> bool {
+        self.entry.created
+    }
+
+    /// Whether the instance is persistent (checked, not beaten).
+    pub fn persistent(&self) -> bool {
+        self.entry.body.lock().unwrap_or_else(PoisonError::into_inner).ephemeral == Some(false)
     }
 
     /// How many times the instance was registered again (after a server
@@ -341,7 +366,7 @@ impl Beater {
     /// deregistrations in flight.
     async fn run(mut self) {
         loop {
-            let next_due = self.slots.values().filter(|s| s.entry.beats).map(|s| s.due).min();
+            let next_due = self.slots.values().map(|s| s.due).min();
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
@@ -389,7 +414,7 @@ impl Beater {
         let mut due: Vec<Arc<Entry>> = self
             .slots
             .values()
-            .filter(|s| s.entry.beats && s.due <= later(now, slack))
+            .filter(|s| s.due <= later(now, slack))
             .map(|s| Arc::clone(&s.entry))
             .collect();
         due.sort_by_key(|e| e.id);
@@ -419,26 +444,19 @@ impl Beater {
                     self.set_due(e.id, later(now, e.interval()));
                 }
                 let switches = self.pool.switches();
-                let moved = switches != self.seen_switches;
-                self.seen_switches = switches;
-                let again: Vec<Arc<Entry>> = if moved {
-                    tracing::info!(
-                        server = self.pool.addr(server),
-                        "moved to another server: registering every instance again"
-                    );
-                    self.slots.values().map(|s| Arc::clone(&s.entry)).collect()
-                } else {
-                    answer.unknown.iter().filter_map(|&i| batch.get(i)).map(Arc::clone).collect()
-                };
-                if !again.is_empty() {
-                    if !moved {
-                        tracing::info!(
-                            server = self.pool.addr(server),
-                            instances = again.len(),
-                            "server does not know some instances: registering them again"
-                        );
+                if switches != self.seen_switches {
+                    // Moved to another server: ask it about every
+                    // registration now (the next round, batched); only what
+                    // it lacks is registered again.
+                    self.seen_switches = switches;
+                    for slot in self.slots.values_mut() {
+                        slot.due = now;
                     }
-                    reregister_all(&self.pool, again, self.timeout).await;
+                }
+                let again: Vec<Arc<Entry>> =
+                    answer.unknown.iter().filter_map(|&i| batch.get(i)).map(Arc::clone).collect();
+                if !again.is_empty() {
+                    reregister_all(&self.pool, again, self.timeout, self.pool.addr(server)).await;
                 }
             }
             Err(e) => {
@@ -447,7 +465,7 @@ impl Beater {
                 // Capped at half an interval: a server that comes back (even
                 // one that forgot everything) hears from every instance
                 // within one interval.
-                let retry = backoff(RETRY_MIN, (shortest / 2).max(RETRY_MIN), self.failures);
+                let retry = jitter(backoff(RETRY_MIN, (shortest / 2).max(RETRY_MIN), self.failures));
                 if self.failures == 1 {
                     tracing::warn!(error = %e, instances = batch.len(), "heartbeat failed; retrying with backoff");
                 } else {
@@ -474,17 +492,32 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// Registers `entries` again, a few at a time, and waits for all.
-async fn reregister_all(pool: &Arc<Pool>, entries: Vec<Arc<Entry>>, timeout: Duration) {
+/// Registers `entries` (that `server` called unknown) again, a few at a
+/// time, waits for all, and logs one line.
+async fn reregister_all(pool: &Arc<Pool>, entries: Vec<Arc<Entry>>, timeout: Duration, server: &str) {
+    let total = entries.len();
+    let mut done = 0usize;
     let mut set = JoinSet::new();
     for entry in entries {
         while set.len() >= REREGISTER_CONCURRENCY {
-            let _ = set.join_next().await;
+            done += usize::from(matches!(set.join_next().await, Some(Ok(true))));
         }
         let pool = Arc::clone(pool);
         set.spawn(async move { reregister(&pool, &entry, timeout).await });
     }
-    while set.join_next().await.is_some() {}
+    while let Some(r) = set.join_next().await {
+        done += usize::from(matches!(r, Ok(true)));
+    }
+    if done == total {
+        tracing::info!(server, instances = total, "the server lacked some instances: registered them again");
+    } else {
+        tracing::warn!(
+            server,
+            registered = done,
+            failed = total - done,
+            "the server lacked some instances; not all could be registered again (the next round retries)"
+        );
+    }
 }
 
 /// Registers one entry again with its current state; `false` if it failed
@@ -503,13 +536,13 @@ async fn reregister(pool: &Pool, entry: &Entry, timeout: Duration) -> bool {
             Ok((registered, server)) => {
                 entry.interval_ms.store(registered.heartbeat_interval_ms, Ordering::Release);
                 entry.reregistrations.fetch_add(1, Ordering::AcqRel);
-                tracing::info!(instance = %entry.key, server = pool.addr(server), "registered again");
+                tracing::debug!(instance = %entry.key, server = pool.addr(server), "registered again");
                 if entry.version.load(Ordering::Acquire) == version {
                     return true;
                 }
             }
             Err(e) => {
-                tracing::warn!(instance = %entry.key, error = %e, "registering again failed; the next heartbeat retries");
+                tracing::debug!(instance = %entry.key, error = %e, "registering again failed; the next heartbeat retries");
                 return false;
             }
         }

@@ -112,6 +112,18 @@ impl Node {
         self.req("GET", path, None)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("running").to_string();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(ok.success(), "kill -{signal} {pid}");
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -142,11 +154,6 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// The process id, while running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {
@@ -436,4 +443,30 @@ pub fn metric(node: &Node, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// The node's count of requests to `route` (a metrics label such as
+/// `register_instance`), every status together.
+pub fn requests(node: &Node, route: &str) -> u64 {
+    let prefix = format!("muster_http_requests_total{{route=\"{route}\",");
+    node.get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// The node's `muster_watchers` gauge (long polls waiting).
+pub fn watchers(node: &Node) -> u64 {
+    node.get("/metrics")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("muster_watchers ")?.trim().parse().ok())
+        .unwrap_or(0)
 }
