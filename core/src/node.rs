@@ -112,6 +112,8 @@ pub struct NodeStats {
     pub pending_changes: usize,
     /// Pauses detected.
     pub pauses: u64,
+    /// Heartbeats not forwarded because the queue for their peer was full.
+    pub beats_dropped: u64,
 }
 
 /// A starting node loading the registry from its peers.
@@ -439,6 +441,8 @@ impl Node {
         if beats.len() < max || beats.contains_key(&slot) {
             beats.insert(slot, now);
             self.arm_flush(now);
+        } else {
+            self.stats.beats_dropped += 1;
         }
     }
 
@@ -958,7 +962,16 @@ impl Node {
 
     fn transmit(&mut self, to: NodeId, msg: PeerMessage) {
         if self.transmits.len() >= self.config.limits.max_queued_transmits {
-            self.transmits.pop_front();
+            // Drop the oldest message that anti-entropy or the next ping
+            // makes good again; never a snapshot page or its request, which
+            // nothing would re-send before the startup retry.
+            let snapshot = |t: &Transmit| {
+                matches!(t.msg, PeerMessage::Snapshot { .. } | PeerMessage::SnapshotRequest { .. })
+            };
+            match self.transmits.iter().position(|t| !snapshot(t)) {
+                Some(i) => drop(self.transmits.remove(i)),
+                None => drop(self.transmits.pop_front()),
+            }
             self.stats.transmits_dropped += 1;
         }
         self.stats.messages_out += 1;
@@ -967,7 +980,12 @@ impl Node {
 
     fn push_event(&mut self, e: Event) {
         if self.events.len() >= self.config.limits.max_queued_events {
-            self.events.pop_front();
+            // Drop the oldest event a later one supersedes; never `Ready`,
+            // which happens once.
+            match self.events.iter().position(|e| !matches!(e, Event::Ready { .. })) {
+                Some(i) => drop(self.events.remove(i)),
+                None => drop(self.events.pop_front()),
+            }
             self.stats.events_dropped += 1;
         }
         self.events.push_back(e);

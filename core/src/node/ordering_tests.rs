@@ -91,3 +91,24 @@ fn a_register_made_just_after_a_deregistration_on_another_node_wins_everywhere()
         assert_eq!(nodes[0].digest(), nodes[1].digest());
     }
 }
+
+#[test]
+fn a_full_event_queue_never_drops_ready() {
+    let mut c = Config::new(id("n1:1"));
+    c.wall_clock_ms = 1_700_000_000_000;
+    c.limits.max_records_per_message = 2;
+    c.limits.max_incoming_records = 2;
+    c.limits.max_timeouts_per_call = 2;
+    c.limits.max_queued_events = 2;
+    let mut node = Node::new(c, Timestamp::ZERO).unwrap();
+    for i in 0..5 {
+        let k =
+            InstanceKey::parse(ServiceKey::parse(None, None, &format!("s{i}")).unwrap(), None, "10.0.0.1", 1)
+                .unwrap();
+        node.register(Timestamp::from_millis(i), RegisterRequest::new(k)).unwrap();
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
+    assert!(events.contains(&Event::Ready { loaded_from: None }), "{events:?}");
+    assert_eq!(events.len(), 2);
+    assert!(node.stats().events_dropped >= 3);
+}
