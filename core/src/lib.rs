@@ -10,6 +10,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[doc(hidden)]
+pub mod bugs;
 pub mod config;
 pub mod error;
 pub mod hash;

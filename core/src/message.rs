@@ -83,7 +83,33 @@ pub enum PeerMessage {
         /// Whether the sender has loaded the registry itself.
         ready: bool,
     },
+    /// Anti-entropy, step 3 when the differing buckets hold more records than
+    /// one message carries: the sender's non-zero leaf hashes (256 leaves per
+    /// bucket, by the top 16 bits of the key hash) under those buckets. The
+    /// receiver answers with [`PeerMessage::LeafRecords`] for the leaves that
+    /// differ.
+    DigestLeaves {
+        /// The buckets covered (a leaf of one of them missing from `leaves`
+        /// is empty on the sender).
+        buckets: Vec<u8>,
+        /// `(leaf, hash)`, sorted by leaf, zero hashes left out.
+        leaves: Vec<(u16, u64)>,
+    },
+    /// Anti-entropy, step 4 (and 5 with `reply == false`): every record the
+    /// sender holds in the leaves covered.
+    LeafRecords {
+        /// The leaves covered, each whole.
+        leaves: Vec<u16>,
+        /// The sender's records in them.
+        records: Vec<Record>,
+        /// Whether the receiver should answer with its own records.
+        reply: bool,
+    },
 }
+
+/// Leaf hashes that count as one item against `max_incoming_records` (a leaf
+/// hash is a tenth of a small record's size).
+pub const LEAVES_PER_ITEM: usize = 4;
 
 impl PeerMessage {
     /// The message kind, for logs and metrics.
@@ -98,6 +124,8 @@ impl PeerMessage {
             PeerMessage::BucketRecords { .. } => "bucket_records",
             PeerMessage::SnapshotRequest { .. } => "snapshot_request",
             PeerMessage::Snapshot { .. } => "snapshot",
+            PeerMessage::DigestLeaves { .. } => "digest_leaves",
+            PeerMessage::LeafRecords { .. } => "leaf_records",
         }
     }
 
@@ -109,6 +137,12 @@ impl PeerMessage {
             | PeerMessage::Snapshot { records, .. } => records.len(),
             PeerMessage::Beats { beats } => beats.len(),
             PeerMessage::DigestBuckets { buckets } => buckets.len(),
+            PeerMessage::DigestLeaves { buckets, leaves } => {
+                buckets.len().max(leaves.len().div_ceil(LEAVES_PER_ITEM))
+            }
+            PeerMessage::LeafRecords { leaves, records, .. } => {
+                records.len().max(leaves.len().div_ceil(LEAVES_PER_ITEM))
+            }
             _ => 0,
         }
     }

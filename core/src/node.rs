@@ -15,6 +15,7 @@ use crate::message::{ForwardedBeat, PeerMessage};
 use crate::model::{InstanceKey, NodeId, ServiceKey};
 use crate::record::Record;
 use crate::registry::digest::{BUCKETS, Digest};
+use crate::registry::repair::{self, Unit};
 use crate::registry::{BeatOutcome, MergeOutcome, RecordRef, Registry, RegistryStats};
 use crate::request::{BeatReply, RegisterRequest, Registered, Reply, Request, ServiceUpdate, UpdateRequest};
 use crate::slab::Handle;
@@ -111,6 +112,8 @@ pub struct NodeStats {
     pub pending_changes: usize,
     /// Pauses detected.
     pub pauses: u64,
+    /// Heartbeats not forwarded because the queue for their peer was full.
+    pub beats_dropped: u64,
 }
 
 /// A starting node loading the registry from its peers.
@@ -299,7 +302,14 @@ impl Node {
     #[cfg(feature = "sim")]
     #[doc(hidden)]
     pub fn inject_bug_keep_older_on_merge(&mut self) {
-        self.registry.bug_keep_older = true;
+        self.inject_bug(crate::bugs::Bug::KeepOlderOnMerge);
+    }
+
+    /// Injects a deliberate bug (simulator only). The simulator must catch it.
+    #[cfg(feature = "sim")]
+    #[doc(hidden)]
+    pub fn inject_bug(&mut self, bug: crate::bugs::Bug) {
+        self.registry.bugs.add(bug);
     }
 
     /// Every live instance with its data (tests, simulator, debugging).
@@ -431,6 +441,8 @@ impl Node {
         if beats.len() < max || beats.contains_key(&slot) {
             beats.insert(slot, now);
             self.arm_flush(now);
+        } else {
+            self.stats.beats_dropped += 1;
         }
     }
 
@@ -567,13 +579,17 @@ impl Node {
             }
             PeerMessage::BucketRecords { buckets, records, reply } => {
                 if reply {
-                    let set: BTreeSet<u8> = buckets.iter().copied().collect();
-                    let mine =
-                        self.registry.records_in_buckets(&set, self.config.limits.max_records_per_message);
-                    self.transmit(
-                        from.clone(),
-                        PeerMessage::BucketRecords { buckets, records: mine, reply: false },
-                    );
+                    self.reply_records(from, Unit::Bucket, buckets.iter().map(|b| u16::from(*b)).collect());
+                }
+                self.merge_all(now, records)
+            }
+            PeerMessage::DigestLeaves { buckets, leaves } => {
+                self.answer_leaves(from, &buckets, &leaves);
+                Ok(())
+            }
+            PeerMessage::LeafRecords { leaves, records, reply } => {
+                if reply {
+                    self.reply_records(from, Unit::Leaf, leaves.iter().copied().collect());
                 }
                 self.merge_all(now, records)
             }
@@ -596,6 +612,11 @@ impl Node {
         }
     }
 
+    /// Anti-entropy, step 3: the peer's bucket hashes arrived. If the
+    /// differing buckets hold few enough records here, they go at once (every
+    /// one of them: the peer settles those buckets and answers with its own);
+    /// otherwise the leaf hashes under them go first, so that only the
+    /// records of differing leaves cross.
     fn answer_buckets(&mut self, from: &NodeId, theirs: &[u64]) {
         if !self.is_ready() {
             return;
@@ -605,9 +626,77 @@ impl Node {
             return;
         }
         self.stats.anti_entropy_repairs += 1;
+        let max = self.config.limits.max_records_per_message;
+        let units: BTreeSet<u16> = differing.iter().map(|b| u16::from(*b)).collect();
+        let leaf_budget = self.leaf_budget();
+        let bug = self.registry.bugs.has(crate::bugs::Bug::AntiEntropyPrefix);
+        if bug || leaf_budget == 0 || self.registry.count_in(Unit::Bucket, &units) <= max {
+            let (covered, records) = self.registry.records_in_units(Unit::Bucket, &units, max);
+            let buckets = covered.iter().map(|u| *u as u8).collect();
+            self.transmit(from.clone(), PeerMessage::BucketRecords { buckets, records, reply: true });
+            return;
+        }
+        // Whole buckets of leaf hashes, as many as fit in the budget.
         let set: BTreeSet<u8> = differing.iter().copied().collect();
-        let records = self.registry.records_in_buckets(&set, self.config.limits.max_records_per_message);
-        self.transmit(from.clone(), PeerMessage::BucketRecords { buckets: differing, records, reply: true });
+        let all = self.registry.leaf_hashes(&set);
+        let mut buckets = Vec::new();
+        let mut leaves = Vec::new();
+        for b in differing {
+            let from_at = all.partition_point(|(l, _)| repair::bucket_of_leaf(*l) < b);
+            let to = all.partition_point(|(l, _)| repair::bucket_of_leaf(*l) <= b);
+            let mine = &all[from_at..to];
+            if !buckets.is_empty() && leaves.len() + mine.len() > leaf_budget {
+                break;
+            }
+            buckets.push(b);
+            leaves.extend_from_slice(mine);
+        }
+        self.transmit(from.clone(), PeerMessage::DigestLeaves { buckets, leaves });
+    }
+
+    /// Leaf hashes per `DigestLeaves` message; 0 turns the leaf level off.
+    fn leaf_budget(&self) -> usize {
+        self.config.limits.max_records_per_message * crate::message::LEAVES_PER_ITEM
+    }
+
+    /// Anti-entropy, step 4: the peer's leaf hashes arrived; send the records
+    /// of the leaves that differ and ask for the peer's.
+    fn answer_leaves(&mut self, from: &NodeId, buckets: &[u8], theirs: &[(u16, u64)]) {
+        if !self.is_ready() {
+            return;
+        }
+        let set: BTreeSet<u8> = buckets.iter().copied().collect();
+        let theirs: BTreeMap<u16, u64> =
+            theirs.iter().filter(|(l, _)| set.contains(&repair::bucket_of_leaf(*l))).copied().collect();
+        let mine: BTreeMap<u16, u64> = self.registry.leaf_hashes(&set).into_iter().collect();
+        let differing: BTreeSet<u16> = mine
+            .iter()
+            .filter(|(l, h)| theirs.get(l) != Some(h))
+            .map(|(l, _)| *l)
+            .chain(theirs.keys().filter(|l| !mine.contains_key(l)).copied())
+            .collect();
+        if differing.is_empty() {
+            return;
+        }
+        let max = self.config.limits.max_records_per_message;
+        let (leaves, records) = self.registry.records_in_units(Unit::Leaf, &differing, max);
+        self.transmit(from.clone(), PeerMessage::LeafRecords { leaves, records, reply: true });
+    }
+
+    /// The answer to records sent with `reply`: this node's records of the
+    /// units covered (taken before merging the peer's), whole units, as many
+    /// as fit in one message. Units left out settle in a later round.
+    fn reply_records(&mut self, from: &NodeId, unit: Unit, units: BTreeSet<u16>) {
+        let max = self.config.limits.max_records_per_message;
+        let (covered, records) = self.registry.records_in_units(unit, &units, max);
+        let msg = match unit {
+            Unit::Bucket => {
+                let buckets = covered.iter().map(|u| *u as u8).collect();
+                PeerMessage::BucketRecords { buckets, records, reply: false }
+            }
+            Unit::Leaf => PeerMessage::LeafRecords { leaves: covered, records, reply: false },
+        };
+        self.transmit(from.clone(), msg);
     }
 
     fn merge_all(&mut self, now: Timestamp, records: Vec<Record>) -> Result<(), MessageError> {
@@ -758,12 +847,11 @@ impl Node {
     fn peer_transition(&mut self, now: Timestamp, t: Transition) {
         let responsibility_moved = t.from == PeerState::Down || t.to == PeerState::Down;
         if responsibility_moved {
-            self.registry.set_responsibility(self.members.responsibility());
+            // The instances this node inherits get a fresh grace period
+            // here (their clients' beats went to the previous owner).
+            self.registry.inherit(now, self.members.responsibility());
         }
         if t.to == PeerState::Down {
-            // This node inherits some of the peer's instances: their clients'
-            // beats went there, so they get a fresh grace period here.
-            self.registry.grant_grace(now);
             self.forward.remove(&t.peer);
         }
         if t.from == PeerState::Down && self.is_ready() {
@@ -874,7 +962,16 @@ impl Node {
 
     fn transmit(&mut self, to: NodeId, msg: PeerMessage) {
         if self.transmits.len() >= self.config.limits.max_queued_transmits {
-            self.transmits.pop_front();
+            // Drop the oldest message that anti-entropy or the next ping
+            // makes good again; never a snapshot page or its request, which
+            // nothing would re-send before the startup retry.
+            let snapshot = |t: &Transmit| {
+                matches!(t.msg, PeerMessage::Snapshot { .. } | PeerMessage::SnapshotRequest { .. })
+            };
+            match self.transmits.iter().position(|t| !snapshot(t)) {
+                Some(i) => drop(self.transmits.remove(i)),
+                None => drop(self.transmits.pop_front()),
+            }
             self.stats.transmits_dropped += 1;
         }
         self.stats.messages_out += 1;
@@ -883,7 +980,12 @@ impl Node {
 
     fn push_event(&mut self, e: Event) {
         if self.events.len() >= self.config.limits.max_queued_events {
-            self.events.pop_front();
+            // Drop the oldest event a later one supersedes; never `Ready`,
+            // which happens once.
+            match self.events.iter().position(|e| !matches!(e, Event::Ready { .. })) {
+                Some(i) => drop(self.events.remove(i)),
+                None => drop(self.events.pop_front()),
+            }
             self.stats.events_dropped += 1;
         }
         self.events.push_back(e);
@@ -928,5 +1030,11 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
     Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
 
+#[cfg(test)]
+mod grace_tests;
+#[cfg(test)]
+mod ordering_tests;
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;

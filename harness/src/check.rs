@@ -54,11 +54,22 @@ pub(crate) fn dead_client_bound(sim: &Sim) -> Duration {
 
 /// Checks run every virtual second.
 pub(crate) fn periodic(sim: &mut Sim) -> Result<(), Violation> {
-    structure(sim);
+    // Structural checks are O(records): every 10 s in large histories.
+    if sim.scenario.bulk == 0 || sim.now.as_millis() % 10_000 < 1_000 {
+        structure(sim);
+    }
     live_where_beating(sim)?;
     no_resurrection(sim)?;
     if sim.now >= sim.heal_at {
         dead_are_gone(sim)?;
+        if sim.flapping() {
+            // A link flapping to the end: convergence is not promised, the
+            // other invariants still are.
+            return Ok(());
+        }
+        if sim.scenario.bulk > 0 && sim.now.as_millis() % 5_000 >= 1_000 {
+            return Ok(()); // O(records): every 5 s in large histories.
+        }
         match converged(sim) {
             Ok(()) => {
                 if sim.converged_since.is_none() {
@@ -74,6 +85,9 @@ pub(crate) fn periodic(sim: &mut Sim) -> Result<(), Violation> {
 /// Checks at the end of the run.
 pub(crate) fn at_end(sim: &Sim) -> Result<(), Violation> {
     structure(sim);
+    if sim.flapping() {
+        return Ok(());
+    }
     if let Err(why) = converged(sim) {
         let heal = sim.now.saturating_since(sim.heal_at);
         return Err(sim.violation("convergence", format!("not converged {heal:?} after the heal: {why}")));
@@ -116,22 +130,36 @@ fn live_where_beating(sim: &Sim) -> Result<(), Violation> {
     Ok(())
 }
 
-fn no_resurrection(sim: &Sim) -> Result<(), Violation> {
-    for p in &sim.providers {
+/// Invariant 4, strict: no node holds a newer live record than an
+/// acknowledged deregistration, and a node that once held the tombstone never
+/// again holds an older live record (what a purge followed by a peer's stale
+/// copy would bring back).
+fn no_resurrection(sim: &mut Sim) -> Result<(), Violation> {
+    let mut seen = Vec::new();
+    for (pi, p) in sim.providers.iter().enumerate() {
         let Life::Left { version: gone } = &p.life else { continue };
-        for n in &sim.nodes {
+        for (ni, n) in sim.nodes.iter().enumerate() {
             let Some(node) = &n.node else { continue };
-            if let Some(Record::Instance { version, state: InstanceState::Live(_), .. }) =
-                node.instance_record(&p.key)
-            {
-                if version > *gone {
-                    let detail =
-                        format!("{} deregistered as {gone:?}, live again on {} as {version:?}", p.key, n.id);
+            let held_tombstone = sim.tombstones_seen.contains(&(pi, ni, n.incarnation));
+            match node.instance_record(&p.key) {
+                Some(Record::Instance { version, state: InstanceState::Live(_), .. })
+                    if version > *gone || held_tombstone =>
+                {
+                    let detail = format!(
+                        "{} deregistered as {gone:?}, live again on {} as {version:?} (held the tombstone: \
+                         {held_tombstone})",
+                        p.key, n.id
+                    );
                     return Err(sim.violation("resurrection", detail));
                 }
+                Some(Record::Instance { version, .. }) if version >= *gone => {
+                    seen.push((pi, ni, n.incarnation))
+                }
+                _ => {}
             }
         }
     }
+    sim.tombstones_seen.extend(seen);
     Ok(())
 }
 
@@ -149,7 +177,8 @@ fn dead_are_gone(sim: &Sim) -> Result<(), Violation> {
             continue;
         }
         for (_, node) in sim.ready_nodes() {
-            if let Some(d) = node.live_instances().get(&p.key) {
+            if let Some(Record::Instance { state: InstanceState::Live(d), .. }) = node.instance_record(&p.key)
+            {
                 let detail = format!(
                     "{} (gone at {gone_at}) still live on {} {bound:?} after, as {d:?}",
                     p.key,
@@ -194,7 +223,11 @@ pub(crate) fn converged(sim: &Sim) -> Result<(), String> {
     }
     let (first_i, first) = ready[0];
     let reference = live_records(first);
+    let root = first.digest().root();
     for (i, node) in &ready[1..] {
+        if node.digest().root() == root {
+            continue; // Equal digests: equal records.
+        }
         let other = live_records(node);
         if other != reference {
             let only_a = reference.0.keys().filter(|k| !other.0.contains_key(*k)).count();

@@ -22,6 +22,7 @@ struct Args {
     threads: usize,
     bug: Option<Bug>,
     measure: Option<usize>,
+    scale: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -36,6 +37,7 @@ fn parse() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         bug: None,
         measure: None,
+        scale: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +49,13 @@ fn parse() -> Result<Args, String> {
         match flag.as_str() {
             "--seed" => args.seed = num("--seed", value)?.ok_or("--seed needs a value")?,
             "--runs" => args.runs = num("--runs", value)?.ok_or("--runs needs a value")?,
+            "--scale" => {
+                let n = num("--scale", value)?.ok_or("--scale needs a value")?;
+                if n > 100 {
+                    return Err("--scale must be 0 (no large histories) to 100".into());
+                }
+                args.scale = n;
+            }
             "--nodes" => {
                 let n = num("--nodes", value)?.ok_or("--nodes needs a value")?;
                 if !(1..=32).contains(&n) {
@@ -61,12 +70,15 @@ fn parse() -> Result<Args, String> {
                 let n = num("--instances", value)?.ok_or("--instances needs a value")?;
                 args.measure = Some(n.clamp(1, 1_000_000) as usize);
             }
-            "--bug" => match value.as_deref() {
-                Some("keep-older-on-merge") => args.bug = Some(Bug::KeepOlderOnMerge),
-                other => return Err(format!("--bug takes keep-older-on-merge, got {other:?}")),
+            "--bug" => match value.as_deref().and_then(Bug::parse) {
+                Some(bug) => args.bug = Some(bug),
+                None => {
+                    let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+                    return Err(format!("--bug takes one of {}, got {value:?}", names.join(", ")));
+                }
             },
             "-h" | "--help" => {
-                return Err("usage: muster-harness --seed S --runs N [--nodes K] [--threads T] [--bug keep-older-on-merge]\n       muster-harness --measure [--nodes K] [--instances N]".into());
+                return Err("usage: muster-harness --seed S --runs N [--nodes K] [--threads T] [--scale X] [--bug NAME]\n       muster-harness --measure [--nodes K] [--instances N]".into());
             }
             other => return Err(format!("unknown flag {other:?}; see --help")),
         }
@@ -124,20 +136,30 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().flush();
         }
     };
-    let summary: Summary =
-        runner::run_many(args.seed, args.runs, args.nodes, args.threads, args.bug, &progress);
+    let summary: Summary = runner::run_many_scaled(
+        args.seed,
+        args.runs,
+        args.nodes,
+        args.scale,
+        args.threads,
+        args.bug,
+        &progress,
+    );
     if args.runs > 1 {
         eprintln!();
     }
     let trace = if args.runs == 1 {
-        let o = runner::run_one(Scenario::from_seed(args.seed, args.nodes), args.bug);
+        let o = runner::run_one(Scenario::from_seed_scaled(args.seed, args.nodes, args.scale), args.bug);
         format!(" trace={:016x}", o.trace_hash)
     } else {
         String::new()
     };
     println!(
-        "runs={} steps={} messages={} bytes={} faults={} worst_convergence={:.1}s (seed {}) elapsed={:.1}s{trace}",
+        "runs={} large={} (largest {} records) histories_per_s={:.1} steps={} messages={} bytes={} faults={} worst_convergence={:.1}s (seed {}) elapsed={:.1}s{trace}",
         summary.runs,
+        summary.large_runs,
+        summary.largest,
+        summary.runs as f64 / started.elapsed().as_secs_f64().max(1e-9),
         summary.steps,
         summary.messages,
         summary.bytes,
@@ -151,8 +173,9 @@ fn main() -> ExitCode {
         Some(v) => {
             println!("VIOLATION {v}");
             let mut nodes = args.nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default();
-            if args.bug.is_some() {
-                nodes.push_str(" --bug keep-older-on-merge");
+            if let Some(bug) = args.bug {
+                nodes.push_str(" --bug ");
+                nodes.push_str(bug.name());
             }
             println!(
                 "replay (commit {}): cargo run --release -p muster-harness -- --seed {} --runs 1{nodes}",

@@ -30,6 +30,10 @@ pub struct Summary {
     pub worst_convergence_seed: u64,
     /// The violation with the smallest seed, if any.
     pub violation: Option<Violation>,
+    /// Large histories run (see [`Scenario::bulk`]), and their records.
+    pub large_runs: u64,
+    /// The most records of one history.
+    pub largest: usize,
 }
 
 /// Runs one scenario, turning a panic into a violation.
@@ -53,6 +57,7 @@ pub fn run_one(scenario: Scenario, bug: Option<Bug>) -> Outcome {
             faults: 0,
             convergence: None,
             trace_hash: 0,
+            bulk: 0,
             violation: Some(Violation { seed, at: Timestamp::ZERO, kind: "panic".into(), detail: msg }),
         }
     })
@@ -69,6 +74,20 @@ pub fn run_many(
     bug: Option<Bug>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Summary {
+    run_many_scaled(start, runs, nodes, 1, threads, bug, progress)
+}
+
+/// Like [`run_many`], with the large histories `scale` times larger (see
+/// [`Scenario::from_seed_scaled`]).
+pub fn run_many_scaled(
+    start: u64,
+    runs: u64,
+    nodes: Option<usize>,
+    scale: u64,
+    threads: usize,
+    bug: Option<Bug>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Summary {
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let summary = Mutex::new(Summary::default());
@@ -81,7 +100,7 @@ pub fn run_many(
                         break;
                     }
                     let seed = start.wrapping_add(i);
-                    let outcome = run_one(Scenario::from_seed(seed, nodes), bug);
+                    let outcome = run_one(Scenario::from_seed_scaled(seed, nodes, scale), bug);
                     let done = {
                         let mut sum = summary.lock().unwrap_or_else(|e| e.into_inner());
                         absorb(&mut sum, &outcome);
@@ -100,6 +119,10 @@ pub fn run_many(
 
 fn absorb(sum: &mut Summary, o: &Outcome) {
     sum.runs += 1;
+    if o.bulk > 0 {
+        sum.large_runs += 1;
+        sum.largest = sum.largest.max(o.bulk);
+    }
     sum.steps += o.steps;
     sum.messages += o.messages;
     sum.bytes += o.bytes;

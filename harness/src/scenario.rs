@@ -36,6 +36,12 @@ pub struct Faults {
     pub drift_ppm: u32,
     /// Clients die, leave (deregister) and join during the chaos.
     pub churn: bool,
+    /// Clients that leave register again at once on another node (only
+    /// without wall-clock skew: see docs/architecture.md on ordering).
+    pub rejoin: bool,
+    /// The link between one pair of nodes flaps (cut 7 to 9 s of every 10 s)
+    /// from the middle of the chaos to the end of the run, heal included.
+    pub flap: bool,
 }
 
 impl Faults {
@@ -55,6 +61,8 @@ impl Faults {
             clock_skew: Duration::ZERO,
             drift_ppm: 0,
             churn: false,
+            rejoin: false,
+            flap: false,
         }
     }
 }
@@ -76,11 +84,22 @@ pub struct Scenario {
     pub tombstone_ttl: Duration,
     /// The faults of the chaos phase.
     pub faults: Faults,
+    /// Persistent instances loaded before the chaos (a large history when
+    /// non-zero); faults start once they are loaded.
+    pub bulk: usize,
 }
 
 impl Scenario {
     /// The scenario of `seed`, with `nodes` nodes or 3 to 7 chosen by the seed.
     pub fn from_seed(seed: u64, nodes: Option<usize>) -> Scenario {
+        Scenario::from_seed_scaled(seed, nodes, 1)
+    }
+
+    /// Like [`Scenario::from_seed`]; `scale` multiplies the size of the large
+    /// histories (one run in 40 loads 10,000 to 20,000 persistent instances
+    /// times `scale`; one in 400 loads 50,000 to 100,000 times `scale`);
+    /// `scale == 0` leaves them out (everything else about the seed stays).
+    pub fn from_seed_scaled(seed: u64, nodes: Option<usize>, scale: u64) -> Scenario {
         let mut rng = SplitMix64::new(seed ^ 0x5ce1_a710);
         let nodes = nodes.unwrap_or(3 + rng.below(5) as usize);
         let mut on = |p: f64| rng.chance(p);
@@ -101,14 +120,26 @@ impl Scenario {
             faults.clock_skew = Duration::from_millis(rng.below(3_000));
             faults.drift_ppm = rng.below(1_000) as u32;
         }
+        let providers = 4 + rng.below(17) as usize;
+        let chaos = Duration::from_secs(30 + rng.below(61));
+        let tombstone_ttl = Duration::from_secs(if short_ttl { 40 + rng.below(40) } else { 600 });
+        // Drawn after everything above, so older draws keep their meaning.
+        faults.rejoin = faults.churn && faults.clock_skew.is_zero() && rng.chance(0.5);
+        faults.flap = rng.chance(0.15);
+        let bulk = match rng.below(400) {
+            0 => 50_000 + rng.below(50_001),
+            1..=10 => 10_000 + rng.below(10_001),
+            _ => 0,
+        } as usize;
         Scenario {
             seed,
             nodes,
-            providers: 4 + rng.below(17) as usize,
-            chaos: Duration::from_secs(30 + rng.below(61)),
+            providers,
+            chaos,
             heal: Duration::from_secs(100),
-            tombstone_ttl: Duration::from_secs(if short_ttl { 40 + rng.below(40) } else { 600 }),
+            tombstone_ttl,
             faults,
+            bulk: bulk.saturating_mul(scale as usize),
         }
     }
 }
@@ -134,6 +165,8 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             clock_skew: Duration::from_millis(skew),
             drift_ppm: drift,
             churn: ch,
+            rejoin: false,
+            flap: false,
         });
     (any::<u64>(), 3..=7usize, 2..=16usize, 20..=60u64, 40..=600u64, faults).prop_map(
         |(seed, nodes, providers, chaos, ttl, faults)| Scenario {
@@ -144,6 +177,7 @@ pub fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             heal: Duration::from_secs(100),
             tombstone_ttl: Duration::from_secs(ttl),
             faults,
+            bulk: 0,
         },
     )
 }

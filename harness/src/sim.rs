@@ -32,11 +32,7 @@ const SERVICES: usize = 3;
 const INBOX_MAX: usize = 100_000;
 
 /// A deliberate bug to inject, proving the simulator catches it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bug {
-    /// Merge keeps the older of two records.
-    KeepOlderOnMerge,
-}
+pub use muster_core::bugs::Bug;
 
 /// What one run did.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +51,8 @@ pub struct Outcome {
     pub convergence: Option<Duration>,
     /// Hash of every event of the run: equal for equal scenarios.
     pub trace_hash: u64,
+    /// Persistent instances loaded before the chaos.
+    pub bulk: usize,
     /// The first invariant broken, if any.
     pub violation: Option<Violation>,
 }
@@ -138,6 +136,10 @@ enum Plan {
     Start,
     Die,
     Leave,
+    /// Leave, then register again 1 to 50 ms later on another node.
+    Rejoin,
+    /// The second half of `Rejoin`.
+    Reregister,
 }
 
 /// A planned fault.
@@ -176,7 +178,24 @@ pub struct Sim {
     pub(crate) converged_since: Option<Timestamp>,
     pub(crate) config: Config,
     bug: Option<Bug>,
+    /// The flapping pair, when the flap starts, and how long of every
+    /// [`FLAP_PERIOD`] the link is cut.
+    flap: Option<(NodeId, NodeId, Timestamp, u64)>,
+    flap_cut: bool,
+    /// Persistent instances still to load, and those acknowledged.
+    bulk: VecDeque<InstanceKey>,
+    pub(crate) bulk_acked: BTreeSet<InstanceKey>,
+    /// When the chaos starts (after the bulk load).
+    chaos_start: Timestamp,
+    /// (provider, node, incarnation): the node held the tombstone of the
+    /// provider's acknowledged deregistration.
+    pub(crate) tombstones_seen: BTreeSet<(usize, usize, u32)>,
 }
+
+/// The period of a flapping link.
+const FLAP_PERIOD: u64 = 10_000;
+/// Persistent instances registered per loader step (one step per 10 ms).
+const BULK_PER_STEP: usize = 2_000;
 
 fn link(f: &crate::scenario::Faults) -> LinkConfig {
     let p = |v: f64| Probability::new(v).unwrap_or(Probability::ZERO);
@@ -217,8 +236,13 @@ impl Sim {
             })
             .collect();
         let index = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
-        let net = Network::new(rng.next_u64(), link(&scenario.faults));
-        let heal_at = Timestamp::ZERO + scenario.chaos;
+        let load_ms =
+            if scenario.bulk == 0 { 0 } else { (scenario.bulk / BULK_PER_STEP) as u64 * 10 + 10_000 };
+        let chaos_start = Timestamp::from_millis(load_ms);
+        let first_link =
+            if load_ms == 0 { link(&scenario.faults) } else { LinkConfig::perfect(Duration::from_millis(1)) };
+        let net = Network::new(rng.next_u64(), first_link);
+        let heal_at = chaos_start + scenario.chaos;
         let end_at = heal_at + scenario.heal;
         let mut sim = Sim {
             now: Timestamp::ZERO,
@@ -239,6 +263,12 @@ impl Sim {
             converged_since: None,
             config,
             bug,
+            flap: None,
+            flap_cut: false,
+            bulk: VecDeque::new(),
+            bulk_acked: BTreeSet::new(),
+            chaos_start,
+            tombstones_seen: BTreeSet::new(),
             scenario,
         };
         for i in 0..sim.nodes.len() {
@@ -246,7 +276,103 @@ impl Sim {
         }
         sim.plan_providers();
         sim.plan_faults();
+        sim.plan_bulk();
         sim
+    }
+
+    fn plan_bulk(&mut self) {
+        if self.scenario.bulk == 0 {
+            return;
+        }
+        for i in 0..self.scenario.bulk {
+            let service = ServiceKey::parse(None, None, &format!("bulk-{}", i % 97));
+            let ip = format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+            if let Ok(k) = service.and_then(|s| InstanceKey::parse(s, None, &ip, 9000)) {
+                self.bulk.push_back(k);
+            }
+        }
+        let at = self.chaos_start;
+        self.faults.insert((at, u64::MAX), Fault::Links(link(&self.scenario.faults)));
+        // The first node is cut off during the load and misses all of it:
+        // anti-entropy must carry the whole bulk to it once it rejoins.
+        if self.nodes.len() > 1 {
+            let first = self.nodes[0].id.clone();
+            self.net.isolate(&first);
+            self.faults.insert((at, u64::MAX - 1), Fault::Rejoin(first));
+        }
+    }
+
+    /// The bulk loader: registers the next batch of persistent instances on
+    /// a random ready node.
+    fn bulk_due(&mut self) -> Result<(), Violation> {
+        if self.bulk.is_empty() || self.now.as_millis() % 10 != 0 {
+            return Ok(());
+        }
+        let i = self.random_node();
+        if !self.reachable(i) || (i == 0 && self.nodes.len() > 1) {
+            return Ok(());
+        }
+        let local = self.nodes[i].local(self.now);
+        let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+        if !node.is_ready() {
+            return Ok(());
+        }
+        for _ in 0..BULK_PER_STEP {
+            let Some(key) = self.bulk.pop_front() else { break };
+            let mut req = RegisterRequest::new(key.clone());
+            req.ephemeral = Some(false);
+            req.metadata =
+                [(muster_core::lease::META_HEALTH_CHECK.to_owned(), "none".to_owned())].into_iter().collect();
+            match node.register(local, req) {
+                Ok(_) => {
+                    self.bulk_acked.insert(key);
+                }
+                Err(e) => {
+                    let detail = format!("bulk register of {key} failed: {e}");
+                    return Err(Violation {
+                        seed: self.scenario.seed,
+                        at: self.now,
+                        kind: "client".into(),
+                        detail,
+                    });
+                }
+            }
+        }
+        self.drain(i);
+        Ok(())
+    }
+
+    /// Cuts or repairs the flapping link as its schedule says.
+    fn flap_due(&mut self) {
+        let Some((a, b, start, cut_ms)) = self.flap.clone() else { return };
+        if self.now < start {
+            return;
+        }
+        let cut = (self.now.as_millis() - start.as_millis()) % FLAP_PERIOD < cut_ms;
+        if cut != self.flap_cut {
+            self.flap_cut = cut;
+            self.trace.u64(0xf1a9).u64(u64::from(cut));
+            if cut {
+                self.net.partition(std::slice::from_ref(&a), std::slice::from_ref(&b));
+            } else {
+                self.net.repair(std::slice::from_ref(&a), std::slice::from_ref(&b));
+            }
+        }
+    }
+
+    fn next_flap_toggle(&self) -> Option<Timestamp> {
+        let (_, _, start, cut_ms) = self.flap.as_ref()?;
+        if self.now < *start {
+            return Some(*start);
+        }
+        let into = (self.now.as_millis() - start.as_millis()) % FLAP_PERIOD;
+        let wait = if into < *cut_ms { cut_ms - into } else { FLAP_PERIOD - into };
+        Some(self.now + Duration::from_millis(wait))
+    }
+
+    /// Whether a link flaps to the end (convergence is then not required).
+    pub(crate) fn flapping(&self) -> bool {
+        self.flap.is_some()
     }
 
     fn boot(&mut self, i: usize) {
@@ -266,8 +392,8 @@ impl Sim {
         n.inbox.clear();
         match Node::new(config, local) {
             Ok(mut node) => {
-                if self.bug == Some(Bug::KeepOlderOnMerge) {
-                    node.inject_bug_keep_older_on_merge();
+                if let Some(bug) = self.bug {
+                    node.inject_bug(bug);
                 }
                 n.node = Some(node);
             }
@@ -292,6 +418,8 @@ impl Sim {
                 let end = start + 1 + self.rng.below(chaos_ms);
                 if end < chaos_ms {
                     let what = if self.rng.chance(0.4) { Plan::Leave } else { Plan::Die };
+                    let what =
+                        if what == Plan::Leave && self.scenario.faults.rejoin { Plan::Rejoin } else { what };
                     plan.push_back((Timestamp::from_millis(end), what));
                 }
             }
@@ -323,11 +451,19 @@ impl Sim {
                 kinds.push(k);
             }
         }
+        let start_ms = self.chaos_start.as_millis();
+        let chaos_ms = start_ms + muster_core::time::millis(self.scenario.chaos);
+        if f.flap && self.nodes.len() > 1 {
+            let a = self.random_node();
+            let b = (a + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
+            let at = Timestamp::from_millis(start_ms + (chaos_ms - start_ms) / 2);
+            let cut_ms = 7_000 + self.rng.below(2_001);
+            self.flap = Some((self.nodes[a].id.clone(), self.nodes[b].id.clone(), at, cut_ms));
+        }
         if kinds.is_empty() {
             return;
         }
-        let chaos_ms = muster_core::time::millis(self.scenario.chaos);
-        let mut t = 2_000 + self.rng.below(3_000);
+        let mut t = start_ms + 2_000 + self.rng.below(3_000);
         let mut planned: Vec<(Timestamp, Fault)> = Vec::new();
         while t < chaos_ms {
             let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
@@ -394,6 +530,7 @@ impl Sim {
             faults: self.faults_applied,
             convergence: self.converged_since.map(|t| t.saturating_since(self.heal_at)),
             trace_hash: self.trace.finish(),
+            bulk: self.scenario.bulk,
             violation,
         }
     }
@@ -411,6 +548,8 @@ impl Sim {
             self.heal();
         }
         self.faults_due();
+        self.flap_due();
+        self.bulk_due()?;
         self.resumes_due()?;
         self.deliveries_due()?;
         self.timeouts_due();
@@ -450,6 +589,12 @@ impl Sim {
         if let Some(((t, _), _)) = self.faults.first_key_value() {
             next = next.min(*t);
         }
+        if let Some(t) = self.next_flap_toggle() {
+            next = next.min(t);
+        }
+        if !self.bulk.is_empty() {
+            next = next.min(Timestamp::from_millis((self.now.as_millis() / 10 + 1) * 10));
+        }
         if self.now < self.heal_at {
             next = next.min(self.heal_at);
         }
@@ -464,6 +609,9 @@ impl Sim {
         self.trace.u64(0x4ea1);
         self.net.heal();
         self.net.set_default_link(LinkConfig::perfect(Duration::from_millis(1)));
+        // A flapping link keeps flapping through the heal.
+        self.flap_cut = false;
+        self.flap_due();
         for i in 0..self.nodes.len() {
             if self.nodes[i].node.is_none() {
                 self.boot(i);
@@ -649,7 +797,7 @@ impl Sim {
                     self.providers[p].next_at = Timestamp::MAX;
                 }
             }
-            Plan::Leave => {
+            Plan::Leave | Plan::Rejoin => {
                 if self.providers[p].life != Life::Alive {
                     return Ok(());
                 }
@@ -669,9 +817,44 @@ impl Sim {
                     Some(Ok(Some(Record::Instance { version, .. }))) => Life::Left { version },
                     _ => Life::Dead { at: self.now },
                 };
+                if what == Plan::Rejoin && matches!(self.providers[p].life, Life::Left { .. }) {
+                    let at = self.now + Duration::from_millis(1 + self.rng.below(50));
+                    self.providers[p].plan.push_front((at, Plan::Reregister));
+                }
+            }
+            Plan::Reregister => {
+                if matches!(self.providers[p].life, Life::Left { .. }) {
+                    self.rejoin(p);
+                }
             }
         }
         Ok(())
+    }
+
+    /// A client that just left registers again on another node, before the
+    /// deregistration can have reached it.
+    fn rejoin(&mut self, p: usize) {
+        self.switch_target(p);
+        let target = self.providers[p].target;
+        if !self.reachable(target) {
+            return;
+        }
+        let key = self.providers[p].key.clone();
+        let local = self.nodes[target].local(self.now);
+        let incarnation = self.nodes[target].incarnation;
+        let Some(node) = self.nodes[target].node.as_mut() else { return };
+        let ok = node.register(local, RegisterRequest::new(key)).is_ok();
+        self.drain(target);
+        self.trace.u64(0x3000 + p as u64).u64(u64::from(ok));
+        if ok {
+            self.tombstones_seen.retain(|(q, _, _)| *q != p);
+            let beat = muster_core::time::millis(self.config.timings.heartbeat_interval);
+            let pr = &mut self.providers[p];
+            pr.life = Life::Alive;
+            pr.registered = true;
+            pr.last_ack = Some(Ack { at: self.now, node: target, incarnation });
+            pr.next_at = self.now + Duration::from_millis(beat);
+        }
     }
 
     fn reachable(&self, i: usize) -> bool {
@@ -771,11 +954,14 @@ impl Sim {
 
     /// Providers alive and registered.
     pub(crate) fn alive_keys(&self) -> BTreeSet<InstanceKey> {
-        self.providers
+        let mut keys: BTreeSet<InstanceKey> = self
+            .providers
             .iter()
             .filter(|p| p.life == Life::Alive && p.registered)
             .map(|p| p.key.clone())
-            .collect()
+            .collect();
+        keys.extend(self.bulk_acked.iter().cloned());
+        keys
     }
 }
 

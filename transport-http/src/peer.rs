@@ -130,9 +130,15 @@ pub(crate) fn is_expensive(msg: &PeerMessage) -> bool {
     match msg {
         PeerMessage::DigestRoot { .. }
         | PeerMessage::DigestBuckets { .. }
+        | PeerMessage::DigestLeaves { .. }
         | PeerMessage::SnapshotRequest { .. } => true,
-        PeerMessage::BucketRecords { reply, .. } => *reply,
-        _ => false,
+        PeerMessage::BucketRecords { reply, .. } | PeerMessage::LeafRecords { reply, .. } => *reply,
+        // No `_` arm: a new message must be classified here.
+        PeerMessage::Ping { .. }
+        | PeerMessage::Ack { .. }
+        | PeerMessage::Delta { .. }
+        | PeerMessage::Beats { .. }
+        | PeerMessage::Snapshot { .. } => false,
     }
 }
 

@@ -63,7 +63,7 @@ impl Registry {
             }
             InstanceState::Live(d) => {
                 let (unhealthy_after, remove_after) = (e.lease.unhealthy_after(), e.lease.remove_after());
-                let base = e.last_beat.max(self.grace_epoch);
+                let base = e.lease_base(self.grace_epoch);
                 if !self.responsibility.is_mine(e.hash) {
                     Due::Rearm(now.max(base) + unhealthy_after)
                 } else if now >= base + remove_after {
@@ -133,7 +133,11 @@ impl Registry {
     /// `tombstone_ttl` later, by the remover's wall clock, so that every node
     /// purges it at about the same moment (give or take clock skew).
     pub(super) fn purge_time(&self, now: Timestamp, at_ms: u64) -> Timestamp {
-        let purge_wall = at_ms.saturating_add(crate::time::millis(self.timings.tombstone_ttl));
+        let mut ttl = crate::time::millis(self.timings.tombstone_ttl);
+        if self.bugs.has(crate::bugs::Bug::EarlyPurge) {
+            ttl /= 10;
+        }
+        let purge_wall = at_ms.saturating_add(ttl);
         let wall_now = self.wall(now);
         now + Duration::from_millis(purge_wall.saturating_sub(wall_now))
     }
@@ -168,7 +172,7 @@ impl Registry {
             InstanceState::Live(d) if !d.ephemeral => (e.lease.check() != crate::lease::CheckKind::None)
                 .then(|| now + self.timings.health_check_interval),
             InstanceState::Live(d) => {
-                let base = e.last_beat.max(self.grace_epoch);
+                let base = e.lease_base(self.grace_epoch);
                 Some(if d.healthy { base + e.lease.unhealthy_after() } else { base + e.lease.remove_after() })
             }
             InstanceState::Removed { at_ms, .. } => Some(self.purge_time(now, *at_ms)),

@@ -42,7 +42,9 @@ impl Registry {
             self.stats.rejected += 1;
             return MergeOutcome::Rejected(why);
         }
-        self.hlc.observe(record.version().counter);
+        if !self.bugs.has(crate::bugs::Bug::NoObserve) {
+            self.hlc.observe(record.version().counter);
+        }
         let outcome = match record {
             Record::Instance { key, version, state } => self.merge_instance(now, key, version, state),
             Record::Service { key, version, state } => self.merge_service(now, &key, version, state),
@@ -138,8 +140,7 @@ impl Registry {
     /// The precedence order as merge applies it (reversed by the simulator's
     /// deliberate bug).
     fn effective(&self, order: Ordering) -> Ordering {
-        #[cfg(feature = "sim")]
-        if self.bug_keep_older {
+        if self.bugs.has(crate::bugs::Bug::KeepOlderOnMerge) {
             return order.reverse();
         }
         order
@@ -154,7 +155,7 @@ impl Registry {
         version: &Version,
         state: &InstanceState,
     ) -> Option<Duration> {
-        if version.origin == self.me {
+        if version.origin == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
             return None;
         }
         let e = self.instances.get(index)?;

@@ -16,6 +16,7 @@ pub(crate) mod digest;
 mod expiry;
 mod health;
 mod merge;
+pub(crate) mod repair;
 mod services;
 mod views;
 
@@ -33,7 +34,6 @@ use crate::lease::{CompactLease, Lease};
 use crate::model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, parse_weight};
 use crate::record::{
     Hlc, InstanceState, Record, RemoveCause, ServiceState, Version, digest_hash, instance_state_hash,
-    service_record_hash,
 };
 use crate::request::{BeatReply, RegisterRequest, Registered, UpdateRequest};
 use crate::responsibility::Responsibility;
@@ -74,6 +74,9 @@ pub(crate) struct InstanceEntry {
     last_beat: Timestamp,
     /// Whether `last_beat` is evidence from a client (directly or forwarded).
     witnessed: bool,
+    /// Start of this instance's own grace period: when this node last became
+    /// responsible for it (its client's beats may have gone elsewhere).
+    graced: Timestamp,
     /// This entry's timer, if any.
     timer: Option<Timestamp>,
     /// The lease, from the metadata when the state was set.
@@ -94,6 +97,12 @@ impl InstanceEntry {
 
     fn digest_hash(&self) -> u64 {
         digest_hash(self.hash, &self.version, instance_state_hash(&self.state))
+    }
+
+    /// Where the lease counts from: the latest beat, this instance's own
+    /// grace, or the node-wide grace (start, pause), whichever is latest.
+    fn lease_base(&self, grace_epoch: Timestamp) -> Timestamp {
+        self.last_beat.max(self.graced).max(grace_epoch)
     }
 }
 
@@ -212,9 +221,8 @@ pub(crate) struct Registry {
     changed_services: BTreeSet<ServiceKey>,
     /// Active health checks for the driver.
     checks: std::collections::VecDeque<crate::health::HealthCheck>,
-    /// A deliberate bug for the simulator: merge keeps the older record.
-    #[cfg(feature = "sim")]
-    pub(crate) bug_keep_older: bool,
+    /// Deliberate bugs for the simulator (always none without `sim`).
+    pub(crate) bugs: crate::bugs::Bugs,
 }
 
 impl Registry {
@@ -244,8 +252,7 @@ impl Registry {
             local_changes: Vec::new(),
             changed_services: BTreeSet::new(),
             checks: std::collections::VecDeque::new(),
-            #[cfg(feature = "sim")]
-            bug_keep_older: false,
+            bugs: crate::bugs::Bugs::default(),
         }
     }
 
@@ -305,9 +312,42 @@ impl Registry {
         self.responsibility = r;
     }
 
+    /// Who is responsible for what changed at `now`: the ephemeral instances
+    /// this node inherits (responsible now, not before) get a fresh grace
+    /// period, because their clients' beats went to the previous owner.
+    /// Nothing else does: a peer that flaps moves only its own instances'
+    /// grace, never the whole registry's. O(instances × members).
+    pub(crate) fn inherit(&mut self, now: Timestamp, r: Responsibility) {
+        let old = std::mem::replace(&mut self.responsibility, r);
+        if self.bugs.has(crate::bugs::Bug::GlobalGrace) {
+            self.grant_grace(now);
+            return;
+        }
+        if self.bugs.has(crate::bugs::Bug::NoGrace) {
+            return;
+        }
+        let mut inherited = Vec::new();
+        for (i, e) in self.instances.iter() {
+            let ephemeral = e.live().is_some_and(|d| d.ephemeral);
+            if ephemeral && self.responsibility.is_mine(e.hash) && !old.is_mine(e.hash) {
+                inherited.push(i);
+            }
+        }
+        for i in inherited {
+            if let Some(e) = self.instances.get_mut(i) {
+                e.graced = now;
+            }
+            self.schedule_instance(i, now);
+        }
+    }
+
     /// Gives every instance a fresh grace period from `now`: no instance is
-    /// marked unhealthy before `now + unhealthy_after`.
+    /// marked unhealthy before `now + unhealthy_after`. For the node's own
+    /// start and its own pauses (it could not have taken beats meanwhile).
     pub(crate) fn grant_grace(&mut self, now: Timestamp) {
+        if self.bugs.has(crate::bugs::Bug::NoGrace) && self.grace_epoch > Timestamp::ZERO {
+            return;
+        }
         self.grace_epoch = self.grace_epoch.max(now);
     }
 
@@ -446,6 +486,7 @@ impl Registry {
             state: InstanceState::Removed { cause: RemoveCause::Deregistered, at_ms: 0 },
             last_beat: now,
             witnessed: false,
+            graced: Timestamp::ZERO,
             timer: None,
             lease: CompactLease::from(Lease::defaults(&self.timings)),
             view: None,
@@ -637,7 +678,11 @@ impl Registry {
         let existing = self.find_instance_hashed(hash, &key);
         let created = match existing.and_then(|i| self.instances.get(i)).map(|e| e.live()) {
             Some(Some(current)) => {
-                let changed = *current != data;
+                // Every acknowledged register takes a fresh version, even with
+                // the same data: a deregistration in flight from another node
+                // must not win over a register the client made after it.
+                let same_version_bug = self.bugs.has(crate::bugs::Bug::SameVersionRegister);
+                let changed = !same_version_bug || *current != data;
                 let index = existing.unwrap_or_default();
                 if changed {
                     let version = self.next_version(now);
@@ -771,7 +816,7 @@ impl Registry {
         let mine = self.responsibility.is_mine(hash);
         // A beat is evidence of life wherever it lands: an unhealthy mark
         // (this node's or the responsible node's) is lifted here at once.
-        if data.ephemeral && !data.healthy {
+        if data.ephemeral && !data.healthy && !self.bugs.has(crate::bugs::Bug::NoLift) {
             let mut data = data.clone();
             data.healthy = true;
             if let Some(version) = self.derived_version(index) {
@@ -819,27 +864,6 @@ impl Registry {
             version: e.version.clone(),
             state: e.state.clone(),
         })
-    }
-
-    /// Every record in the digest buckets `buckets`, at most `max`.
-    pub(crate) fn records_in_buckets(&self, buckets: &BTreeSet<u8>, max: usize) -> Vec<Record> {
-        let in_set = |h: u64| buckets.contains(&digest::bucket_of(h));
-        let mut out = Vec::new();
-        for (_, s) in self.services.iter() {
-            if s.record.is_some() && in_set(service_record_hash(&s.key)) {
-                out.extend(service_record(s));
-            }
-        }
-        for (_, e) in self.instances.iter() {
-            if out.len() >= max {
-                break;
-            }
-            if in_set(e.hash) {
-                out.extend(self.instance_record(e));
-            }
-        }
-        out.truncate(max);
-        out
     }
 
     /// A page of the full store from `cursor` (0 to start), at most `max`
