@@ -18,6 +18,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{self, Access, AppState, Matched};
+use crate::compat::{self, Api};
 use crate::error::{ApiError, Body};
 
 /// The request-id header.
@@ -37,15 +38,18 @@ pub(crate) async fn handle(
     // A clone of the URI shares its bytes with the request: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
-    let (route, mut resp) = match api::find(&method, path) {
-        Err(e) => (None, e.response()),
-        Ok(m) => {
-            let resp = match serve(&state, &m, uri.query(), req).await {
-                Ok(resp) => resp,
-                Err(e) => e.response(),
-            };
-            (Some(m.index), resp)
-        }
+    let (route, mut resp) = match compat::api_of(path) {
+        Api::Consul => (None, compat::consul::handle(&state, peer, &method, &uri, req).await),
+        Api::Native => match api::find(&method, path) {
+            Err(e) => (None, e.response()),
+            Ok(m) => {
+                let resp = match serve(&state, &m, uri.query(), req).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.response(),
+                };
+                (Some(m.index), resp)
+            }
+        },
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
@@ -82,7 +86,7 @@ async fn serve(
 }
 
 /// Reads a body of at most `limit` bytes; 413 past it.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -99,7 +103,12 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
 
 /// Checks the route's access rule against the `authorization` header.
 fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers);
+    check_access(state, access, bearer(headers))
+}
+
+/// Checks an access rule against the token a request carries (the bearer
+/// token, or a foreign API's own token header).
+pub(crate) fn check_access(state: &AppState, access: Access, token: Option<&[u8]>) -> Result<(), ApiError> {
     let s = &state.settings;
     let holds = |secret: &Option<crate::config::Secret>| match (secret, token) {
         (Some(secret), Some(token)) => secret.matches(token),
@@ -126,7 +135,7 @@ fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<()
 }
 
 /// The bearer token of the `authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let v = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, token) = v.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)

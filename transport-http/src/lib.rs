@@ -48,6 +48,8 @@ mod checker;
 #[cfg(feature = "server")]
 mod clock;
 #[cfg(feature = "server")]
+mod compat;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 mod driver;

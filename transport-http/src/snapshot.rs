@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 use muster_core::{ServiceKey, ServiceView};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// A published view with its rendered common answers.
 #[derive(Debug)]
@@ -25,11 +25,15 @@ pub(crate) struct Published {
     pub(crate) view: Arc<ServiceView>,
     /// JSON bodies of the answers without a cluster filter: `[all, healthy only]`.
     bodies: [OnceLock<Bytes>; 2],
+    /// A per-node number of this publication, increasing from one
+    /// publication to the next, set on first use by the adapters that need
+    /// one (Consul's `X-Consul-Index`).
+    pub(crate) index: OnceLock<u64>,
 }
 
 impl Published {
     pub(crate) fn new(view: Arc<ServiceView>) -> Arc<Published> {
-        Arc::new(Published { view, bodies: [OnceLock::new(), OnceLock::new()] })
+        Arc::new(Published { view, bodies: [OnceLock::new(), OnceLock::new()], index: OnceLock::new() })
     }
 
     /// The body of a common answer, rendered once per view.
@@ -43,6 +47,9 @@ impl Published {
 pub(crate) struct Snapshots {
     services: RwLock<HashMap<ServiceKey, watch::Sender<Arc<Published>>>>,
     ready: AtomicBool,
+    /// Woken on every change of any service, read or not (catalog-wide
+    /// blocking queries wait on it).
+    any_change: Notify,
 }
 
 impl Snapshots {
@@ -54,6 +61,17 @@ impl Snapshots {
 
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Wakes the waiters of [`Snapshots::any_change`] (driver only, on each
+    /// changed service).
+    pub(crate) fn changed(&self) {
+        self.any_change.notify_waiters();
+    }
+
+    /// Where to wait for a change of any service.
+    pub(crate) fn any_change(&self) -> &Notify {
+        &self.any_change
     }
 
     /// The latest published view of a service, if it has one.

@@ -9,7 +9,7 @@
 mod cluster;
 mod fast;
 mod health;
-mod input;
+pub(crate) mod input;
 mod instances;
 #[cfg(test)]
 mod openapi;
