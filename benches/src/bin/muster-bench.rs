@@ -22,6 +22,8 @@
 // The crate root is `src/bin/muster-bench.rs`; its modules live beside it.
 #[path = "muster-bench/client.rs"]
 mod client;
+#[path = "muster-bench/consul.rs"]
+mod consul;
 #[path = "muster-bench/stats.rs"]
 mod stats;
 #[path = "muster-bench/workload.rs"]
@@ -37,7 +39,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::stats::{Figures, Recorder, figures};
-use crate::workload::{Mode, Opts, Phases, WatchFigures, Workload, WriteLog};
+use crate::workload::{Api, Mode, Opts, Phases, WatchFigures, Workload, WriteLog};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -55,6 +57,9 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum)]
     mode: Mode,
+    /// The API the load goes through (consul: register, beat, query, mixed; --batch 1).
+    #[arg(long, value_enum, default_value = "native")]
+    api: Api,
     /// Instances: registered (register), pre-registered and beaten (beat, mixed),
     /// or of the queried service (query) [default: 100000 register, 10000 beat and
     /// mixed, 10 query].
@@ -210,6 +215,10 @@ fn validate(a: &Args) -> Result<Opts, String> {
     check(a.max_ops >= 1, "--max-ops must be at least 1")?;
     check(!a.duration.is_zero(), "--duration must be above 0")?;
     check(a.wait >= Duration::from_millis(1), "--wait must be at least 1ms")?;
+    check(
+        a.api != Api::Consul || (a.mode != Mode::Watch && a.batch == 1),
+        "--api consul runs register, beat, query and mixed with --batch 1",
+    )?;
     let lease_ms = match a.lease {
         Some(0) => None,
         Some(l) if (1_000..=43_200_000).contains(&l) => Some(l),
@@ -219,6 +228,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
     };
     Ok(Opts {
         mode: a.mode,
+        api: a.api,
         server,
         watch_server,
         instances,

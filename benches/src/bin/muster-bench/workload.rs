@@ -35,10 +35,20 @@ pub(crate) enum Mode {
     Mixed,
 }
 
+/// Which API the load goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Api {
+    /// Muster's own OpenAPI.
+    Native,
+    /// Muster's Consul API (register, beat = TTL pass, query, mixed).
+    Consul,
+}
+
 /// Everything a run needs, validated.
 #[derive(Clone, Debug)]
 pub(crate) struct Opts {
     pub(crate) mode: Mode,
+    pub(crate) api: Api,
     pub(crate) server: SocketAddr,
     pub(crate) watch_server: SocketAddr,
     pub(crate) instances: u64,
@@ -166,11 +176,15 @@ impl Workload {
     pub(crate) fn new(opts: Opts) -> Workload {
         let n = opts.instances;
         let keys = match opts.mode {
+            Mode::Beat | Mode::Mixed if opts.api == Api::Consul => {
+                (0..n).map(crate::consul::pass_path).collect()
+            }
             Mode::Beat | Mode::Mixed => {
                 (0..n).map(|i| Bytes::from(key_json(&service(&opts, i), i))).collect()
             }
             _ => Vec::new(),
         };
+        let query_uri = if opts.api == Api::Consul { crate::consul::query_uri } else { query_uri };
         let queries = match opts.mode {
             Mode::Query => vec![query_uri(&query_service(n))],
             Mode::Mixed => (0..opts.services.min(n)).map(|s| query_uri(&service(&opts, s))).collect(),
@@ -210,6 +224,15 @@ impl Workload {
     }
 
     fn register_op(&self, i: u64, kind: Kind, weight: u64) -> Op {
+        if self.opts.api == Api::Consul {
+            let (service, ttl) = match self.opts.mode {
+                Mode::Query => (query_service(self.opts.instances), None),
+                _ => (service(&self.opts, i), Some(self.opts.lease_ms.unwrap_or(30_000))),
+            };
+            let body = crate::consul::registration(&service, i, &ip(i), port(i), weight, ttl);
+            let uri = Uri::from_static("/v1/agent/service/register");
+            return Op { kind, method: Method::PUT, uri, body, items: 1, check: Check::Status };
+        }
         Op {
             kind,
             method: Method::POST,
@@ -224,6 +247,17 @@ impl Workload {
         let n = self.opts.instances;
         let k = self.opts.batch;
         let first = self.next.fetch_add(k, Ordering::Relaxed);
+        if self.opts.api == Api::Consul {
+            let uri = crate::consul::uri(&self.keys[(first % n) as usize]);
+            return Op {
+                kind: Kind::Beat,
+                method: Method::PUT,
+                uri,
+                body: Bytes::new(),
+                items: 1,
+                check: Check::Status,
+            };
+        }
         let body = if k == 1 {
             self.keys[(first % n) as usize].clone()
         } else {
@@ -779,6 +813,7 @@ mod tests {
     fn opts(mode: Mode) -> Opts {
         Opts {
             mode,
+            api: Api::Native,
             server: "127.0.0.1:1".parse().unwrap(),
             watch_server: "127.0.0.1:1".parse().unwrap(),
             instances: 1_000,
