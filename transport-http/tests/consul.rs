@@ -343,3 +343,38 @@ fn bad_consul_input_is_refused_as_consul_refuses_it_and_changes_nothing() {
     assert_eq!(node.get("/v1/health/service/keep").json(), before, "refused requests changed nothing");
     assert_eq!(count(&node, "keep"), 1);
 }
+
+#[test]
+fn a_tcp_check_maps_onto_the_nodes_active_health_check() {
+    let node = single("consul-tcp", &["--health-check-interval-ms", "300"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = format!(
+        r#"{{"Name":"tcp","ID":"tcp-1","Address":"127.0.0.1","Port":{port},"Check":{{"TCP":"127.0.0.1:{port}","Interval":"1s"}}}}"#
+    );
+    assert_eq!(put(&node, "/v1/agent/service/register", &body).status, 200);
+    let status =
+        || node.get("/v1/health/checks/tcp").json()[0]["Status"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(node.get("/v1/health/checks/tcp").json()[0]["Type"], "tcp");
+    wait_until(Duration::from_secs(10), "the TCP check to pass", || status() == "passing");
+    drop(listener);
+    wait_until(Duration::from_secs(10), "the TCP check to fail", || status() == "critical");
+    assert!(node.get("/v1/health/service/tcp?passing").json().as_array().unwrap().is_empty());
+    // A TTL pass on an actively checked service is refused.
+    assert_eq!(put(&node, "/v1/agent/check/pass/service:tcp-1", "").status, 400);
+}
+
+#[test]
+fn a_lapsed_ttl_without_deregister_critical_service_after_stays_listed_as_critical() {
+    // The node removes silent instances after 6 s; a TTL check's lease
+    // keeps a critical service listed (Consul keeps it until deregistered).
+    let node = single("consul-lease", &[]);
+    let body = r#"{"Name":"lease","ID":"lease-1","Address":"10.6.0.1","Port":80,"Check":{"TTL":"2s","Status":"passing"}}"#;
+    assert_eq!(put(&node, "/v1/agent/service/register", body).status, 200);
+    assert_eq!(node.get("/v1/health/service/lease?passing").json().as_array().unwrap().len(), 1);
+    thread::sleep(Duration::from_secs(8));
+    let all = node.get("/v1/health/service/lease").json();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["Checks"][1]["Status"], "critical");
+    assert!(node.get("/v1/health/service/lease?passing").json().as_array().unwrap().is_empty());
+}
