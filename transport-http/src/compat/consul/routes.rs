@@ -14,7 +14,7 @@ use muster_core::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::wire::{self, HealthEntry, META_STATUS, Registration, Service, Status};
+use super::wire::{self, HealthEntry, META_ID, META_STATUS, Registration, Service, Status};
 use super::{
     Catalog, ConsulError, ReadQuery, catalog_read, ok_response, published, read_response, service_read,
 };
@@ -202,11 +202,10 @@ async fn register(
     let ip = reg.address.clone().unwrap_or_else(|| peer.ip().to_string());
     let key = InstanceKey::parse(service, None, &ip, reg.port)?;
     // One ID names one service: a registration that moves it (another
-    // address, port or name) removes the old instance.
-    if let Some((old, _)) = resolve(state, Lookup::Service(&reg.id)).await? {
-        if old != key {
-            let _ = state.driver.request(Request::Deregister(old)).await;
-        }
+    // address or port) removes the old instance. Only the ID map and the
+    // service's own view are consulted: a registration never scans.
+    if let Some(old) = moved_from(state, &reg.id, &key).await? {
+        let _ = state.driver.request(Request::Deregister(old)).await;
     }
     let req = RegisterRequest {
         key: key.clone(),
@@ -317,6 +316,33 @@ async fn check(
     }
 }
 
+/// The instance a re-registration of `id` at `key` moves away from, if any:
+/// the one the ID map names, else one of the same service with that ID.
+async fn moved_from(
+    state: &Arc<AppState>,
+    id: &str,
+    key: &InstanceKey,
+) -> Result<Option<InstanceKey>, ConsulError> {
+    let hint = IDS.lock().unwrap_or_else(PoisonError::into_inner).get(&format!("s:{id}")).cloned();
+    if let Some(old) = hint.filter(|old| old != key) {
+        return Ok(Some(old));
+    }
+    let p = published(state, &key.service, false).await?;
+    let found = p.view.instances.iter().find(|i| {
+        i.metadata.get(META_ID) == Some(id)
+            && !(i.port == key.port && i.ip == key.ip && i.cluster == key.cluster)
+    });
+    Ok(found.and_then(|i| {
+        InstanceKey::parse(
+            key.service.clone(),
+            Some(i.cluster.as_str()),
+            &i.ip.to_string(),
+            i64::from(i.port),
+        )
+        .ok()
+    }))
+}
+
 fn unexpected(reply: &Reply) -> ConsulError {
     ConsulError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected core reply {reply:?}"))
 }
@@ -329,6 +355,11 @@ fn unexpected(reply: &Reply) -> ConsulError {
 /// `max_instances` entries (cleared when full). One node per process, so
 /// one map per process.
 static IDS: LazyLock<Mutex<HashMap<String, InstanceKey>>> = LazyLock::new(Mutex::default);
+
+/// The last scan for an unknown ID.
+static LAST_SCAN: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+/// Least time between two scans for unknown IDs.
+const SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn remember(ids: &mut HashMap<String, InstanceKey>, state: &AppState, id: String, key: InstanceKey) {
     if ids.len() >= state.settings.core.limits.max_instances.saturating_mul(2) {
@@ -376,7 +407,17 @@ async fn resolve(
             return Ok(Some((key, InstanceView::clone(i))));
         }
     }
-    // A miss: scan every service of the Consul group, remembering each ID.
+    // A miss: scan every service of the Consul group, remembering each ID;
+    // at most one scan per `SCAN_INTERVAL`, so unknown IDs cannot make a
+    // node scan without pause.
+    {
+        let mut last = LAST_SCAN.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < SCAN_INTERVAL) {
+            return Ok(None);
+        }
+        *last = Some(now);
+    }
     let views = all_views(state).await?;
     let mut ids = IDS.lock().unwrap_or_else(PoisonError::into_inner);
     let mut hit = None;
