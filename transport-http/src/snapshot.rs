@@ -29,11 +29,19 @@ pub(crate) struct Published {
     /// publication to the next, set on first use by the adapters that need
     /// one (Consul's `X-Consul-Index`).
     pub(crate) index: OnceLock<u64>,
+    /// Consul's common answers of this view, rendered once:
+    /// `[health all, health passing, catalog]` (see `compat/consul`).
+    pub(crate) consul: [OnceLock<Bytes>; 3],
 }
 
 impl Published {
     pub(crate) fn new(view: Arc<ServiceView>) -> Arc<Published> {
-        Arc::new(Published { view, bodies: [OnceLock::new(), OnceLock::new()], index: OnceLock::new() })
+        Arc::new(Published {
+            view,
+            bodies: [OnceLock::new(), OnceLock::new()],
+            index: OnceLock::new(),
+            consul: Default::default(),
+        })
     }
 
     /// The body of a common answer, rendered once per view.

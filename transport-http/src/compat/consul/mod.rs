@@ -268,8 +268,8 @@ fn unchanged(client: u64, body: &[u8]) -> bool {
 }
 
 /// A read's answer: JSON with Consul's headers.
-pub(crate) fn read_response(body: Vec<u8>, index: u64) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn read_response(body: impl Into<Bytes>, index: u64) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert("x-consul-index", HeaderValue::from(index.max(1)));
@@ -332,7 +332,7 @@ pub(crate) async fn service_read(
     state: &Arc<AppState>,
     key: &ServiceKey,
     q: &ReadQuery,
-    render: impl Fn(&Published) -> Vec<u8>,
+    render: impl Fn(&Published) -> Bytes,
 ) -> Result<Response<Body>, ConsulError> {
     let client = q.index.unwrap_or(0);
     if client == 0 {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use muster_core::model::{DEFAULT_GROUP, DEFAULT_NAMESPACE};
 use muster_core::{
@@ -127,10 +128,13 @@ pub(crate) async fn dispatch(
             let key = service_key(&name)?;
             let tags = q.all("tag");
             service_read(state, &key, q, |p| {
-                let services = services(p);
-                let entries: Vec<_> =
-                    services.iter().filter(|s| s.has_tags(&tags)).map(|s| s.catalog_entry()).collect();
-                json(&entries)
+                let render = || {
+                    let services = services(p);
+                    let entries: Vec<_> =
+                        services.iter().filter(|s| s.has_tags(&tags)).map(|s| s.catalog_entry()).collect();
+                    Bytes::from(json(&entries))
+                };
+                if tags.is_empty() { p.consul[2].get_or_init(render).clone() } else { render() }
             })
             .await
         }
@@ -138,13 +142,25 @@ pub(crate) async fn dispatch(
             let key = service_key(&name)?;
             let (tags, passing) = (q.all("tag"), q.flag("passing"));
             service_read(state, &key, q, |p| {
-                let services = services(p);
-                let entries: Vec<_> = services
-                    .iter()
-                    .filter(|s| s.has_tags(&tags) && (!passing || s.passing()))
-                    .map(|s| HealthEntry { node: s.node(), service: s.agent_service(), checks: s.checks() })
-                    .collect();
-                json(&entries)
+                let render = || {
+                    let services = services(p);
+                    let entries: Vec<_> = services
+                        .iter()
+                        .filter(|s| s.has_tags(&tags) && (!passing || s.passing()))
+                        .map(|s| HealthEntry {
+                            node: s.node(),
+                            service: s.agent_service(),
+                            checks: s.checks(),
+                        })
+                        .collect();
+                    Bytes::from(json(&entries))
+                };
+                // The common answers are rendered once per view.
+                if tags.is_empty() {
+                    p.consul[usize::from(passing)].get_or_init(render).clone()
+                } else {
+                    render()
+                }
             })
             .await
         }
@@ -153,7 +169,7 @@ pub(crate) async fn dispatch(
             service_read(state, &key, q, |p| {
                 let services = services(p);
                 let checks: Vec<_> = services.iter().filter_map(Service::check).collect();
-                json(&checks)
+                Bytes::from(json(&checks))
             })
             .await
         }
