@@ -288,3 +288,19 @@ fn a_server_off_this_machine_is_refused_before_any_traffic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("only targets loopback addresses"), "{stderr}");
 }
+
+#[test]
+fn the_consul_api_modes_report_operations_and_no_errors() {
+    let node = single_node();
+    let r = run_mode(&node, "register", &["--api", "consul", "--instances", "300"]);
+    assert!(r["kinds"]["register"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "beat", &["--api", "consul", "--instances", "200"]);
+    assert_eq!(r["setup"]["registrations"], 200);
+    assert!(r["kinds"]["beat"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "query", &["--api", "consul", "--instances", "10"]);
+    assert!(r["kinds"]["query"]["ops"].as_u64().unwrap() > 0, "{r:#}");
+    let r = run_mode(&node, "mixed", &["--api", "consul", "--instances", "200", "--warmup", "200ms"]);
+    for kind in ["query", "beat", "re-register"] {
+        assert!(r["kinds"][kind]["ops"].as_u64().unwrap() > 0, "consul mixed without {kind}: {r:#}");
+    }
+}

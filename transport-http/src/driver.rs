@@ -341,6 +341,9 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: Event) {
+        if matches!(event, Event::ServiceChanged(_)) {
+            self.snapshots.changed();
+        }
         match event {
             // Only services someone reads have a view to refresh (see
             // snapshot.rs); the others are not even queued.

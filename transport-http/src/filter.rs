@@ -45,6 +45,7 @@ pub(crate) async fn handle(
     let (route, mut resp) = match foreign {
         Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
         Api::Eureka => (None, compat::eureka::handle(&state, req).await),
+        Api::Consul => (None, compat::consul::handle(&state, peer, &method, &uri, req).await),
         Api::Native => match api::find(&method, path) {
             Err(e) => (None, e.response()),
             Ok(m) => {
@@ -202,7 +203,12 @@ async fn read_body(
 
 /// Checks the route's access rule against the `authorization` header.
 pub(crate) fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers);
+    check_access(state, access, bearer(headers))
+}
+
+/// Checks an access rule against the token a request carries (the bearer
+/// token, or a foreign API's own token header).
+pub(crate) fn check_access(state: &AppState, access: Access, token: Option<&[u8]>) -> Result<(), ApiError> {
     let s = &state.settings;
     let holds = |secret: &Option<crate::config::Secret>| match (secret, token) {
         (Some(secret), Some(token)) => secret.matches(token),
@@ -227,7 +233,7 @@ pub(crate) fn authorize(state: &AppState, access: Access, headers: &HeaderMap) -
 }
 
 /// The bearer token of the `authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let v = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, token) = v.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)

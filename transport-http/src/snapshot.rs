@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 use muster_core::{ServiceKey, ServiceView};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// A published view with its rendered common answers.
 #[derive(Debug)]
@@ -25,11 +25,23 @@ pub(crate) struct Published {
     pub(crate) view: Arc<ServiceView>,
     /// JSON bodies of the answers without a cluster filter: `[all, healthy only]`.
     bodies: [OnceLock<Bytes>; 2],
+    /// A per-node number of this publication, increasing from one
+    /// publication to the next, set on first use by the adapters that need
+    /// one (Consul's `X-Consul-Index`).
+    pub(crate) index: OnceLock<u64>,
+    /// Consul's common answers of this view, rendered once:
+    /// `[health all, health passing, catalog]` (see `compat/consul`).
+    pub(crate) consul: [OnceLock<Bytes>; 3],
 }
 
 impl Published {
     pub(crate) fn new(view: Arc<ServiceView>) -> Arc<Published> {
-        Arc::new(Published { view, bodies: [OnceLock::new(), OnceLock::new()] })
+        Arc::new(Published {
+            view,
+            bodies: [OnceLock::new(), OnceLock::new()],
+            index: OnceLock::new(),
+            consul: Default::default(),
+        })
     }
 
     /// The body of a common answer, rendered once per view.
@@ -53,6 +65,9 @@ pub(crate) struct Snapshots {
     /// Entries whose view is of an unknown service (changed under the write lock).
     unknown: AtomicUsize,
     max_unknown: usize,
+    /// Woken on every change of any service, read or not (catalog-wide
+    /// blocking queries wait on it).
+    any_change: Notify,
 }
 
 impl Default for Snapshots {
@@ -74,6 +89,7 @@ impl Snapshots {
             ready: AtomicBool::new(false),
             unknown: AtomicUsize::new(0),
             max_unknown,
+            any_change: Notify::new(),
         }
     }
 
@@ -90,6 +106,17 @@ impl Snapshots {
     /// Entries of watched services the node does not know.
     pub(crate) fn unknown_watched(&self) -> usize {
         self.unknown.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the waiters of [`Snapshots::any_change`] (driver only, on each
+    /// changed service).
+    pub(crate) fn changed(&self) {
+        self.any_change.notify_waiters();
+    }
+
+    /// Where to wait for a change of any service.
+    pub(crate) fn any_change(&self) -> &Notify {
+        &self.any_change
     }
 
     /// The latest published view of a service, if it has one.

@@ -22,6 +22,8 @@
 // The crate root is `src/bin/muster-bench.rs`; its modules live beside it.
 #[path = "muster-bench/client.rs"]
 mod client;
+#[path = "muster-bench/consul.rs"]
+mod consul;
 #[path = "muster-bench/stats.rs"]
 mod stats;
 #[path = "muster-bench/workload.rs"]
@@ -37,7 +39,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::stats::{Figures, Recorder, figures};
-use crate::workload::{Mode, Opts, Phases, WatchFigures, Workload, WriteLog};
+use crate::workload::{Api, Mode, Opts, Phases, WatchFigures, Workload, WriteLog};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -117,7 +119,8 @@ struct Args {
     seed: u64,
     /// The API the load speaks: Muster's OpenAPI, the Nacos v1 naming API
     /// (register, beat, query, mixed; against Muster, r-nacos or Nacos) or
-    /// Eureka (register, beat = renew, query = full fetch).
+    /// Eureka (register, beat = renew, query = full fetch) or Consul
+    /// (register, beat = TTL pass, query, mixed; --batch 1).
     #[arg(long, value_enum, default_value = "native")]
     api: workload::Api,
 }
@@ -225,6 +228,10 @@ fn validate(a: &Args) -> Result<Opts, String> {
         )?;
         check(a.batch == 1, "--api nacos beats one instance per request (--batch 1)")?;
     }
+    check(
+        a.api != Api::Consul || (a.mode != Mode::Watch && a.batch == 1),
+        "--api consul runs register, beat, query and mixed with --batch 1",
+    )?;
     let lease_ms = match a.lease {
         Some(0) => None,
         Some(l) if (1_000..=43_200_000).contains(&l) => Some(l),

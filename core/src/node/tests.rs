@@ -753,6 +753,33 @@ fn a_node_that_hears_the_beats_refutes_a_wrong_expiry() {
     assert!(nodes[0].stats().registry.refuted > 0);
 }
 
+#[test]
+fn an_unhealthy_state_a_client_registered_is_not_refuted_by_a_node_that_heard_its_beats() {
+    let mut nodes = cluster(2);
+    run_cluster(&mut nodes, at(10), &no_drop);
+    let k = key("orders", "10.0.3.200", 1);
+    register(&mut nodes[0], at(10), &k);
+    run_cluster(&mut nodes, at(20), &no_drop);
+    nodes[1].heartbeat(at(20), &k).unwrap();
+    run_cluster(&mut nodes, at(30), &no_drop);
+    // The client states its instance unhealthy on the node that did not take the beat.
+    let mut req = RegisterRequest::new(k.clone());
+    req.healthy = Some(false);
+    nodes[0].register(at(30), req).unwrap();
+    run_cluster(&mut nodes, at(100), &no_drop);
+    for n in &mut nodes {
+        assert!(healthy(n, at(100), "orders").is_empty(), "still unhealthy on {}", n.id());
+        assert_eq!(all(n, at(100), "orders").len(), 1);
+    }
+    assert_eq!(nodes[1].stats().registry.refuted, 0);
+    // Its next beat, on any node, lifts it.
+    nodes[1].heartbeat(at(200), &k).unwrap();
+    run_cluster(&mut nodes, at(300), &no_drop);
+    for n in &mut nodes {
+        assert_eq!(healthy(n, at(300), "orders").len(), 1, "healthy again on {}", n.id());
+    }
+}
+
 /// Like `run_cluster`, but drops `Beats` messages sent by `from`.
 fn run_cluster_filtered(nodes: &mut [Node], until: Timestamp, from: &NodeId) {
     loop {

@@ -7,15 +7,17 @@
 //! node has itself seen the instance's heartbeat within its unhealthy time,
 //! the responsible node was cut off from those beats. This node re-issues the
 //! instance as healthy with a newer version, and forwards the evidence (how
-//! long ago it saw the beat) to the responsible node. A deregistration is
-//! never refuted: the client asked for it.
+//! long ago it saw the beat) to the responsible node. A deregistration, or
+//! an unhealthy state a client registered itself (Consul's failed TTL
+//! check), is never refuted: the client asked for it.
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
 use crate::record::{
-    InstanceState, Record, RemoveCause, ServiceState, Version, instance_state_hash, service_state_hash,
+    Author, InstanceState, Record, RemoveCause, ServiceState, Version, instance_state_hash,
+    service_state_hash,
 };
 use crate::time::Timestamp;
 
@@ -163,7 +165,11 @@ impl Registry {
         let condemns = match state {
             InstanceState::Removed { cause: RemoveCause::Expired, .. } => current.ephemeral,
             InstanceState::Removed { cause: RemoveCause::Deregistered, .. } => false,
-            InstanceState::Live(d) => d.ephemeral && !d.healthy && current.healthy,
+            // A client that states its own instance unhealthy asked for it,
+            // like a deregistration: only a node's judgement is refuted.
+            InstanceState::Live(d) => {
+                d.ephemeral && !d.healthy && current.healthy && version.author == Author::Registry
+            }
         };
         if !condemns || !e.witnessed {
             return None;

@@ -29,6 +29,8 @@ pub(crate) enum Api {
     Nacos,
     /// Eureka REST v2 under `/eureka` (register, beat = renew, query = full fetch).
     Eureka,
+    /// Muster's Consul API (register, beat = TTL pass, query, mixed).
+    Consul,
 }
 
 #[path = "nacos.rs"]
@@ -202,12 +204,19 @@ impl Workload {
             Mode::Beat | Mode::Mixed if opts.api == Api::Nacos => {
                 (0..n).map(|i| nacos::beat_key(&service(&opts, i), i)).collect()
             }
+            Mode::Beat | Mode::Mixed if opts.api == Api::Consul => {
+                (0..n).map(crate::consul::pass_path).collect()
+            }
             Mode::Beat | Mode::Mixed => {
                 (0..n).map(|i| Bytes::from(key_json(&service(&opts, i), i))).collect()
             }
             _ => Vec::new(),
         };
-        let query_uri = if opts.api == Api::Nacos { nacos::query_uri } else { query_uri };
+        let query_uri = match opts.api {
+            Api::Nacos => nacos::query_uri,
+            Api::Consul => crate::consul::query_uri,
+            _ => query_uri,
+        };
         let queries = match opts.mode {
             Mode::Query if opts.api == Api::Eureka => vec![eureka::fetch_uri()],
             Mode::Query => vec![query_uri(&query_service(n))],
@@ -258,6 +267,15 @@ impl Workload {
             };
             return nacos::register_op(self, &service, persistent, i, kind, weight);
         }
+        if self.opts.api == Api::Consul {
+            let (service, ttl) = match self.opts.mode {
+                Mode::Query => (query_service(self.opts.instances), None),
+                _ => (service(&self.opts, i), Some(self.opts.lease_ms.unwrap_or(30_000))),
+            };
+            let body = crate::consul::registration(&service, i, &ip(i), port(i), weight, ttl);
+            let uri = Uri::from_static("/v1/agent/service/register");
+            return Op { kind, method: Method::PUT, uri, body, items: 1, check: Check::Status };
+        }
         Op {
             kind,
             method: Method::POST,
@@ -277,6 +295,17 @@ impl Workload {
         }
         if self.opts.api == Api::Nacos {
             return nacos::beat_op(self.keys[(first % n) as usize].clone());
+        }
+        if self.opts.api == Api::Consul {
+            let uri = crate::consul::uri(&self.keys[(first % n) as usize]);
+            return Op {
+                kind: Kind::Beat,
+                method: Method::PUT,
+                uri,
+                body: Bytes::new(),
+                items: 1,
+                check: Check::Status,
+            };
         }
         let body = if k == 1 {
             self.keys[(first % n) as usize].clone()
