@@ -264,6 +264,12 @@ impl Node {
         self.registry.last_beat(key)
     }
 
+    /// Live instances on host `ip` (and `port`, if given) in every
+    /// namespace and service, at most `max`. Scans every instance.
+    pub fn instances_on(&self, ip: &crate::model::Host, port: Option<u16>, max: usize) -> Vec<InstanceKey> {
+        self.registry.instances_on(ip, port, max)
+    }
+
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.config.node_id

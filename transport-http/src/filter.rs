@@ -37,8 +37,8 @@ pub(crate) async fn handle(
     // A clone of the URI shares its bytes with the request: no copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
-    let (route, mut resp) = match api::find(&method, path) {
-        Err(e) => (None, e.response()),
+    let (route, mut resp) = match find(&method, path, req.headers()) {
+        Err(resp) => (None, *resp),
         Ok(m) => {
             let resp = match serve(&state, &m, uri.query(), req).await {
                 Ok(resp) => resp,
@@ -62,6 +62,14 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// The route of a request; a console file (or redirect) or a 404 / 405 as `Err`.
+fn find(method: &hyper::Method, path: &str, headers: &HeaderMap) -> Result<Matched, Box<Response<Body>>> {
+    match crate::console::asset(method, path, headers) {
+        Some(resp) => Err(Box::new(resp)),
+        None => api::find(method, path).map_err(|e| Box::new(e.response())),
+    }
+}
+
 async fn serve(
     state: &Arc<AppState>,
     m: &Matched,
@@ -69,6 +77,7 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, m.route.access, req.headers())?;
+    let from_console = req.headers().contains_key(crate::console::CONSOLE_HEADER);
     let takes_body = m.route.access == Access::Peer || !m.route.body.is_empty();
     let body = if takes_body {
         let http = &state.settings.http;
@@ -78,7 +87,7 @@ async fn serve(
     } else {
         Bytes::new()
     };
-    api::dispatch(state, m, query, body).await
+    crate::console::scoped(from_console, api::dispatch(state, m, query, body)).await
 }
 
 /// Reads a body of at most `limit` bytes; 413 past it.

@@ -50,6 +50,8 @@ mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+mod console;
+#[cfg(feature = "server")]
 mod driver;
 #[cfg(feature = "server")]
 mod error;

@@ -88,6 +88,9 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         Arc::clone(&metrics),
         settings.http.health_check_timeout,
     );
+    let console =
+        Arc::new(crate::console::Console::new(settings.core.node_id.clone(), settings.http.history_size));
+    let driver = driver.with_console(Arc::clone(&console));
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -99,6 +102,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         metrics,
         peers: Arc::clone(&peers),
         shutdown: shutdown_rx,
+        console,
         settings,
     });
     tracing::info!(

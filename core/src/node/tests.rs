@@ -1016,3 +1016,17 @@ fn a_peers_digest_root_is_kept_with_whether_it_matched() {
     assert!(!n.peer_digest(&peer).unwrap().matched);
     assert_eq!(n.peer_digest(&id("n3:1")), None);
 }
+
+#[test]
+fn instances_are_found_by_host_and_port_across_services() {
+    let mut n = single();
+    register(&mut n, at(0), &key("orders", "10.0.0.1", 80));
+    register(&mut n, at(0), &key("billing", "10.0.0.1", 81));
+    register(&mut n, at(0), &key("billing", "10.0.0.2", 80));
+    n.deregister(at(1), &key("billing", "10.0.0.2", 80)).unwrap();
+    let ip = |s: &str| crate::model::Host::parse(s).unwrap();
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), None, 10).len(), 2);
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), Some(81), 10), [key("billing", "10.0.0.1", 81)]);
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), None, 1).len(), 1, "bounded");
+    assert!(n.instances_on(&ip("10.0.0.2"), None, 10).is_empty(), "removed instances are not found");
+}

@@ -321,6 +321,17 @@ impl Registry {
         }
     }
 
+    /// Live instances on host `ip` (and `port`, if given), at most `max`,
+    /// in slab order. A scan of every instance: for operators, not clients.
+    pub(crate) fn instances_on(&self, ip: &Host, port: Option<u16>, max: usize) -> Vec<InstanceKey> {
+        self.instances
+            .iter()
+            .filter(|(_, e)| e.live().is_some() && e.ip == *ip && port.is_none_or(|p| p == e.port))
+            .filter_map(|(_, e)| self.instance_key(e))
+            .take(max)
+            .collect()
+    }
+
     /// The last evidence of life this node holds for a live instance.
     pub(crate) fn last_beat(&self, key: &InstanceKey) -> Option<Timestamp> {
         let e = self.instances.get(self.find_instance(key)?)?;

@@ -207,7 +207,7 @@ pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<B
 }
 
 /// The published view of a service, published first if nobody read it yet.
-async fn published(
+pub(crate) async fn published(
     state: &Arc<AppState>,
     key: &ServiceKey,
     watched: bool,
@@ -230,10 +230,10 @@ fn answer(published: &Published, selector: &Selector) -> Response<Body> {
 }
 
 /// Counts a waiting long poll; refuses past the configured limit.
-struct WatchGuard<'a>(&'a AppState);
+pub(crate) struct WatchGuard<'a>(&'a AppState);
 
 impl<'a> WatchGuard<'a> {
-    fn acquire(state: &'a AppState) -> Result<WatchGuard<'a>, ApiError> {
+    pub(crate) fn acquire(state: &'a AppState) -> Result<WatchGuard<'a>, ApiError> {
         let max = state.settings.http.max_long_polls;
         let before = state.metrics.watchers.fetch_add(1, Ordering::AcqRel);
         if before >= max {
