@@ -373,3 +373,64 @@ fn the_cluster_page_shows_every_node_and_a_killed_one_going_down() {
         c.clone().close().await.unwrap();
     });
 }
+
+#[test]
+fn every_console_api_route_answers_typed_errors_like_the_openapi() {
+    let dir = scratch("console-errors");
+    let (write, read) = (dir.join("write.token"), dir.join("read.token"));
+    std::fs::write(&write, "write-token-0123456789\n").unwrap();
+    std::fs::write(&read, "read-token-0123456789\n").unwrap();
+    let mut args = common::fast_with(PATIENT);
+    args.extend(["--write-token-file".into(), write.display().to_string()]);
+    args.extend(["--read-token-file".into(), read.display().to_string()]);
+    let node = Node::start(free_ports(1)[0], &args, &dir);
+    node.wait_ready(Duration::from_secs(10));
+    let read_auth = [("authorization", "Bearer read-token-0123456789")];
+    let routes = [
+        ("GET", "/console/api/session"),
+        ("POST", "/console/api/session"),
+        ("GET", "/console/api/instances?service=orders"),
+        ("GET", "/console/api/find?ip=10.0.0.1"),
+        ("GET", "/console/api/history"),
+        ("GET", "/console/api/cluster"),
+        ("GET", "/console/api/changes"),
+    ];
+    for (method, path) in routes {
+        let r = request(&node.addr, method, path, &[], None);
+        assert_eq!(r.status, 401, "{method} {path} without a token: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unauthorized", "{method} {path}");
+    }
+    let r = request(&node.addr, "POST", "/console/api/session", &read_auth, None);
+    assert_eq!(r.status, 401, "a read token cannot pass the write check");
+    let bad = [
+        ("/console/api/instances", "service"),
+        ("/console/api/instances?service=a%20b", "service"),
+        ("/console/api/instances?service=orders&enabled=perhaps", "enabled"),
+        ("/console/api/instances?service=orders&metadata==x", "metadata"),
+        ("/console/api/instances?service=orders&page=0", "page"),
+        ("/console/api/instances?service=orders&color=red", "color"),
+        ("/console/api/find", "ip"),
+        ("/console/api/find?ip=10.0.0.1:99999", "port"),
+        ("/console/api/find?ip=10.0.0.1:80&port=80", "port"),
+        ("/console/api/history?port=0", "port"),
+        ("/console/api/history?before=-1", "before"),
+        ("/console/api/changes?wait=forever", "wait"),
+    ];
+    for (path, field) in bad {
+        let r = request(&node.addr, "GET", path, &read_auth, None);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], field, "{path}: {}", r.text());
+    }
+    let r = request(&node.addr, "GET", "/console/api/nothing", &read_auth, None);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = request(&node.addr, "DELETE", "/console/api/history", &read_auth, None);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    // The console's files are open (they hold no data) and carry their CSP.
+    let r = request(&node.addr, "GET", "/console/", &[], None);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-security-policy").is_some_and(|c| c.contains("script-src 'self'")));
+    assert!(!r.text().contains("<script>"), "no inline script in the page");
+    let etag = r.header("etag").unwrap().to_owned();
+    let r = request(&node.addr, "GET", "/console/", &[("if-none-match", &etag)], None);
+    assert_eq!(r.status, 304);
+}
