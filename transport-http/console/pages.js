@@ -329,7 +329,7 @@ export function cluster(main, params, ctx) {
       h("td", { class: "state" }, h("span", { class: `mark state-${n.state}` }, n.state)),
       h("td", { class: "num" }, n.is_self ? "–" : n.last_seen_ms === null ? "never" : `${age(n.last_seen_ms)} ago`),
       h("td", { class: "num" }, age(n.state_since_ms)),
-      h("td", {}, n.ready === null ? "–" : flag(n.ready, "ready", "loading")),
+      h("td", { class: "ready" }, n.ready === null ? (n.is_self ? "–" : "no answer") : flag(n.ready, "ready", "loading")),
       h("td", { class: "agree" }, n.is_self ? "–" : n.digest_matched === null ? "not compared yet"
         : [flag(n.digest_matched, "agrees", "differs"), ` (${age(n.digest_age_ms)} ago)`])));
     put(out,

@@ -362,11 +362,14 @@ fn the_cluster_page_shows_every_node_and_a_killed_one_going_down() {
             "both peers' registries agreeing",
         )
         .await;
+        until_js(c, "[...document.querySelectorAll('#cluster-nodes td.ready')].every(td => td.textContent === 'ready')", SHOW, "every node ready").await;
         screenshot(c, "cluster").await;
 
         nodes[2].kill();
         let down = format!("document.querySelector(\"tr[data-node='{victim}'] .state-down\")");
         until_js(c, &down, SHOW, "the killed node down").await;
+        let unready = format!("document.querySelector(\"tr[data-node='{victim}'] td.ready\").textContent === 'no answer'");
+        until_js(c, &unready, SHOW, "the killed node not answering its readiness probe").await;
         let events = text(c, "#cluster-events").await;
         assert!(events.contains(&victim), "the node event is listed: {events}");
         screenshot(c, "cluster-down").await;

@@ -368,7 +368,7 @@ async fn cluster(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
         is_self: bool,
         last_seen_ms: Option<u64>,
         state_since_ms: u64,
-        /// Only known for this node.
+        /// Whether it answers `/health/ready` with 200 (probed; `null` if unknown).
         ready: Option<bool>,
         /// `null` before the first digest exchange with it.
         digest_matched: Option<bool>,
@@ -416,6 +416,13 @@ async fn cluster(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
             }
         })
         .await?;
+    let mut answer = answer;
+    let peers: Vec<NodeId> =
+        answer.nodes.iter().filter(|n| !n.is_self).filter_map(|n| NodeId::parse(&n.id).ok()).collect();
+    let ready = state.console.probes.ready(&peers).await;
+    for n in answer.nodes.iter_mut().filter(|n| !n.is_self) {
+        n.ready = NodeId::parse(&n.id).ok().and_then(|id| ready.get(&id).copied().flatten());
+    }
     Ok(json_response(StatusCode::OK, &answer))
 }
 

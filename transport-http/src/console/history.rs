@@ -40,6 +40,8 @@ pub(crate) struct Console {
     changes: watch::Sender<u64>,
     /// Something changed since the last [`Console::flush`].
     dirty: AtomicBool,
+    /// Readiness of the peers, for the cluster page.
+    pub(crate) probes: super::Probes,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +99,7 @@ impl Console {
             ring: Mutex::new(Ring::default()),
             changes: watch::Sender::new(0),
             dirty: AtomicBool::new(false),
+            probes: super::Probes::default(),
         }
     }
 

@@ -14,12 +14,14 @@
 mod api;
 mod assets;
 mod history;
+mod probe;
 
 use std::future::Future;
 
 pub(crate) use self::api::{CHANGES_Q, FIND_Q, HISTORY_Q, INSTANCES_Q, Op, dispatch};
 pub(crate) use self::assets::serve as asset;
 pub(crate) use self::history::Console;
+pub(crate) use self::probe::Probes;
 
 /// The header the console's writes carry.
 pub(crate) const CONSOLE_HEADER: &str = "x-muster-console";
