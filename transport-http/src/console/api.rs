@@ -442,9 +442,9 @@ async fn changes(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, Api
     let wait = wait.min(state.settings.http.max_wait).min(CHANGES_WAIT_MAX);
     let mut rx = state.console.subscribe();
     let current = *rx.borrow_and_update();
-    let Some(since) = since.filter(|s| *s == current && !wait.is_zero()) else {
+    if since != Some(current) || wait.is_zero() {
         return Ok(json_response(StatusCode::OK, &Answer { seq: current }));
-    };
+    }
     let _guard = WatchGuard::acquire(state)?;
     let mut shutdown = state.shutdown.clone();
     let _ = tokio::time::timeout(wait, async {
@@ -455,7 +455,6 @@ async fn changes(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, Api
     })
     .await;
     let seq = *rx.borrow();
-    let _ = since;
     Ok(json_response(StatusCode::OK, &Answer { seq }))
 }
 
