@@ -437,3 +437,33 @@ fn every_console_api_route_answers_typed_errors_like_the_openapi() {
     let r = request(&node.addr, "GET", "/console/", &[("if-none-match", &etag)], None);
     assert_eq!(r.status, 304);
 }
+
+#[test]
+fn the_change_long_poll_counts_as_a_watch_and_wakes_on_a_change() {
+    let node = single("console-changes", &[&["--max-long-polls", "1"], PATIENT].concat());
+    let seq = node.get("/console/api/changes").json()["seq"].as_u64().unwrap();
+    let addr = node.addr.clone();
+    let path = format!("/console/api/changes?since={seq}&wait=20s");
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = common::try_request(&addr, "GET", &path, &[], None, Duration::from_secs(30)).unwrap();
+        (r.status, r.json()["seq"].as_u64(), started.elapsed())
+    });
+    common::wait_until(SHOW, "the first poll waiting", || {
+        node.get("/metrics").text().lines().any(|l| l.starts_with("muster_watchers") && l.ends_with(" 1"))
+    });
+    let r = node.get(&format!("/console/api/changes?since={seq}&wait=20s"));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (429, Some("too_many_watches")),
+        "{}",
+        r.text()
+    );
+    register(&node, &json!({"service": "orders", "ip": "10.0.0.1", "port": 80}));
+    let (status, new_seq, took) = waiter.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(new_seq.is_some_and(|s| s != seq), "the counter moved");
+    assert!(took < Duration::from_secs(15), "woken by the change, not by the wait: {took:?}");
+    let r = node.get(&format!("/console/api/changes?since={seq}&wait=1ms"));
+    assert_eq!(r.status, 200, "the slot is free again: {}", r.text());
+}
