@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
 use crate::hash::SplitMix64;
+use crate::history::InstanceChange;
 use crate::membership::{MemberView, Membership, PeerState, Transition};
 use crate::message::{ForwardedBeat, PeerMessage};
 use crate::model::{InstanceKey, NodeId, ServiceKey};
@@ -60,6 +61,11 @@ pub enum Event {
         /// The gap between the two ticks.
         gap: Duration,
     },
+    /// An instance changed on this node, with its cause; only after
+    /// [`Node::set_instance_events`] turned these on. They never push other
+    /// events out of a full queue: past it they are dropped and counted in
+    /// [`NodeStats::instance_events_dropped`].
+    InstanceChanged(InstanceChange),
     /// The queue of local changes for peers overflowed and was dropped;
     /// anti-entropy repairs the difference.
     SyncQueueOverflow {
@@ -114,6 +120,20 @@ pub struct NodeStats {
     pub pauses: u64,
     /// Heartbeats not forwarded because the queue for their peer was full.
     pub beats_dropped: u64,
+    /// [`Event::InstanceChanged`] events dropped because the queue was full.
+    pub instance_events_dropped: u64,
+}
+
+/// The last digest root a peer sent this node (anti-entropy), for the
+/// cluster view: whether the two registries agreed then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerDigest {
+    /// When it arrived.
+    pub at: Timestamp,
+    /// The peer's root.
+    pub root: u64,
+    /// Whether it equalled this node's root when it arrived.
+    pub matched: bool,
 }
 
 /// A starting node loading the registry from its peers.
@@ -162,6 +182,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: NodeStats,
+    /// The last digest root of each peer (at most one entry per peer).
+    peer_digests: BTreeMap<NodeId, PeerDigest>,
 }
 
 impl Node {
@@ -199,6 +221,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
+            peer_digests: BTreeMap::new(),
             config,
         };
         node.clock.observe(now);
@@ -231,6 +254,24 @@ impl Node {
     }
 
     // ---- getters -------------------------------------------------------
+
+    /// The last digest root `peer` sent, and whether it matched this node's
+    /// then; `None` before its first anti-entropy round.
+    pub fn peer_digest(&self, peer: &NodeId) -> Option<PeerDigest> {
+        self.peer_digests.get(peer).copied()
+    }
+
+    /// When this node last had evidence of life of a live instance (a beat,
+    /// its registration, or its arrival from a peer); `None` if not live.
+    pub fn last_beat(&self, key: &InstanceKey) -> Option<Timestamp> {
+        self.registry.last_beat(key)
+    }
+
+    /// Live instances on host `ip` (and `port`, if given) in every
+    /// namespace and service, at most `max`. Scans every instance.
+    pub fn instances_on(&self, ip: &crate::model::Host, port: Option<u16>, max: usize) -> Vec<InstanceKey> {
+        self.registry.instances_on(ip, port, max)
+    }
 
     /// This node's id.
     pub fn id(&self) -> &NodeId {
@@ -567,6 +608,10 @@ impl Node {
                 Ok(())
             }
             PeerMessage::DigestRoot { root } => {
+                let matched = root == self.registry.digest().root();
+                if self.members.state(from).is_some() {
+                    self.peer_digests.insert(from.clone(), PeerDigest { at: now, root, matched });
+                }
                 if self.is_ready() && root != self.registry.digest().root() {
                     let buckets = self.registry.digest().buckets().to_vec();
                     self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets });
@@ -868,6 +913,12 @@ impl Node {
         }
     }
 
+    /// Turns [`Event::InstanceChanged`] events on or off (off at start: a
+    /// driver without a history pays nothing for them).
+    pub fn set_instance_events(&mut self, on: bool) {
+        self.registry.set_history(on);
+    }
+
     /// Sends every pending local change and forwarded heartbeat now, without
     /// waiting for the sync delay (graceful shutdown). Drain `poll_transmit`
     /// after it.
@@ -944,6 +995,13 @@ impl Node {
             self.stats.changes_dropped += dropped as u64;
             self.anti_entropy_at = now;
             self.push_event(Event::SyncQueueOverflow { dropped });
+        }
+        for change in self.registry.take_history() {
+            if self.events.len() >= self.config.limits.max_queued_events {
+                self.stats.instance_events_dropped += 1;
+            } else {
+                self.events.push_back(Event::InstanceChanged(change));
+            }
         }
         while let Some(key) = self.registry.pop_changed_service() {
             self.push_event(Event::ServiceChanged(key));

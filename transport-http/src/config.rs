@@ -102,6 +102,9 @@ pub struct ServeArgs {
     /// Most concurrent long polls (watches) [default: 10000].
     #[arg(long, env = "MUSTER_MAX_LONG_POLLS", value_name = "N")]
     pub max_long_polls: Option<usize>,
+    /// Instance and node changes this node keeps for the console's history; 0 turns it off [default: 10000].
+    #[arg(long, env = "MUSTER_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
     /// Longest long-poll wait; longer `wait`s are cut to it, ms [default: 120000].
     #[arg(long, env = "MUSTER_MAX_WAIT_MS", value_name = "MS")]
     pub max_wait_ms: Option<u64>,
@@ -302,6 +305,8 @@ pub(crate) struct HttpSettings {
     pub(crate) max_unknown_watched: usize,
     pub(crate) health_checks: bool,
     pub(crate) health_check_allow: Vec<crate::probe::Cidr>,
+    /// Entries of the console's history ring (0: off).
+    pub(crate) history_size: usize,
 }
 
 /// Validated settings of one node.
@@ -353,7 +358,7 @@ impl ServeArgs {
             anti_entropy_interval_ms, ping_interval_ms, suspect_after_ms, down_after_ms,
             startup_timeout_ms, snapshot_retry_ms, tombstone_ttl_ms, health_check_interval_ms,
             health_check_timeout_ms,
-            max_body_bytes, max_long_polls, max_wait_ms, request_queue, peer_queue, peer_timeout_ms,
+            max_body_bytes, max_long_polls, history_size, max_wait_ms, request_queue, peer_queue, peer_timeout_ms,
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
@@ -523,6 +528,7 @@ impl ServeArgs {
                 Some(list) => crate::probe::Cidr::parse_list(list)
                     .map_err(|m| SettingsError::new("health_check_allow", m))?,
             },
+            history_size: self.history_size.unwrap_or(10_000),
         })
     }
 }

@@ -74,6 +74,22 @@ pub(crate) enum Command {
     /// Publish a service's view (first read or watch) and answer with it
     /// (and, for a watch, a receiver of its views; see `Snapshots::insert`).
     LoadView(ServiceKey, bool, oneshot::Sender<Loaded>),
+    /// A core request made from the console (its history says "console").
+    ConsoleRequest(Request, Answer),
+    /// Read the node (the console's getters); the closure answers itself.
+    Inspect(Inspect),
+}
+
+/// A read of the node for the console, run by the driver between inputs.
+pub(crate) struct Inspect(pub(crate) InspectFn);
+
+/// The read an [`Inspect`] runs.
+pub(crate) type InspectFn = Box<dyn FnOnce(&Node, Timestamp) + Send>;
+
+impl std::fmt::Debug for Inspect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspect")
+    }
 }
 
 /// A decoded message from a peer.
@@ -101,7 +117,11 @@ impl DriverHandle {
     /// Runs a core request.
     pub(crate) async fn request(&self, req: Request) -> Result<Reply, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Request(req, tx))?;
+        if crate::console::from_console() {
+            self.send(Command::ConsoleRequest(req, tx))?;
+        } else {
+            self.send(Command::Request(req, tx))?;
+        }
         rx.await.map_err(|_| ApiError::shutting_down())?.map_err(ApiError::from)
     }
 
@@ -118,6 +138,18 @@ impl DriverHandle {
     pub(crate) async fn load_view(&self, key: ServiceKey, watched: bool) -> Result<Loaded, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::LoadView(key, watched, tx))?;
+        rx.await.map_err(|_| ApiError::shutting_down())
+    }
+
+    /// Runs `f` on the node in the driver and returns what it returns.
+    pub(crate) async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node, Timestamp) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Inspect(Inspect(Box::new(move |node, now| {
+            let _ = tx.send(f(node, now));
+        }))))?;
         rx.await.map_err(|_| ApiError::shutting_down())
     }
 
@@ -160,6 +192,10 @@ pub(crate) struct Driver {
     /// Performs the core's active health checks.
     checker: Checker,
     check_outcomes: mpsc::Receiver<CheckOutcome>,
+    /// The console's history and change signal, if it has one.
+    console: Option<Arc<crate::console::Console>>,
+    /// The input being handled came from the console.
+    console_input: bool,
 }
 
 impl Driver {
@@ -191,8 +227,17 @@ impl Driver {
             replies: Vec::new(),
             checker,
             check_outcomes,
+            console: None,
+            console_input: false,
         };
         (driver, DriverHandle { commands: ctx, peer: ptx })
+    }
+
+    /// Feeds the console's history and change signal from the node's events.
+    pub(crate) fn with_console(mut self, console: Arc<crate::console::Console>) -> Driver {
+        self.node.set_instance_events(console.history_enabled());
+        self.console = Some(console);
+        self
     }
 
     /// Runs until `stop` turns true, then flushes pending sync to the peer
@@ -295,6 +340,14 @@ impl Driver {
                 self.drain();
                 self.replies.push((tx, result));
             }
+            Command::ConsoleRequest(req, tx) => {
+                self.console_input = true;
+                let result = self.node.handle_request(now, req);
+                self.drain();
+                self.console_input = false;
+                self.replies.push((tx, result));
+            }
+            Command::Inspect(Inspect(f)) => f(&self.node, now),
             Command::LoadView(key, watched, tx) => {
                 let view = self.node.service_view(&key);
                 let rx = self.snapshots.insert(Arc::clone(&view), watched);
@@ -323,6 +376,9 @@ impl Driver {
         while let Some(event) = self.node.poll_event() {
             self.on_event(event);
         }
+        if let Some(console) = &self.console {
+            console.flush();
+        }
         while let Some(check) = self.node.poll_health_check() {
             self.checker.start(check);
         }
@@ -343,6 +399,10 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         if matches!(event, Event::ServiceChanged(_)) {
             self.snapshots.changed();
+        }
+        if let Some(console) = &self.console {
+            let wall_ms = self.node.config().wall_clock_ms;
+            console.on_event(&event, wall_ms, self.console_input);
         }
         match event {
             // Only services someone reads have a view to refresh (see
@@ -378,6 +438,7 @@ impl Driver {
             Event::SyncQueueOverflow { dropped } => {
                 tracing::warn!(dropped, "sync queue overflowed; anti-entropy will repair the difference");
             }
+            Event::InstanceChanged(_) => {}
             other => tracing::debug!(event = ?other, "core event"),
         }
     }

@@ -46,8 +46,8 @@ pub(crate) async fn handle(
         Api::Nacos => (None, compat::nacos::handle(&state, peer, req).await),
         Api::Eureka => (None, compat::eureka::handle(&state, req).await),
         Api::Consul => (None, compat::consul::handle(&state, peer, &method, &uri, req).await),
-        Api::Native => match api::find(&method, path) {
-            Err(e) => (None, e.response()),
+        Api::Native => match find(&method, path, req.headers()) {
+            Err(resp) => (None, *resp),
             Ok(m) => {
                 let resp = match serve(&state, &m, uri.query(), req).await {
                     Ok(resp) => resp,
@@ -74,6 +74,14 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// The route of a request; a console file (or redirect) or a 404 / 405 as `Err`.
+fn find(method: &hyper::Method, path: &str, headers: &HeaderMap) -> Result<Matched, Box<Response<Body>>> {
+    match crate::console::asset(method, path, headers) {
+        Some(resp) => Err(Box::new(resp)),
+        None => api::find(method, path).map_err(|e| Box::new(e.response())),
+    }
+}
+
 async fn serve(
     state: &Arc<AppState>,
     m: &Matched,
@@ -87,6 +95,7 @@ async fn serve(
         Access::Peer => Some(Signed::from_headers(req.headers()).inspect_err(|_| count_refused(state))?),
         _ => None,
     };
+    let from_console = req.headers().contains_key(crate::console::CONSOLE_HEADER);
     let takes_body = m.route.access == Access::Peer || !m.route.body.is_empty();
     let body = if takes_body {
         let http = &state.settings.http;
@@ -108,7 +117,7 @@ async fn serve(
         }
         _ => None,
     };
-    api::dispatch(state, m, query, body, from.as_ref()).await
+    crate::console::scoped(from_console, api::dispatch(state, m, query, body, from.as_ref())).await
 }
 
 /// Counts a peer request refused for its signature.

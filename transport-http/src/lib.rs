@@ -52,6 +52,8 @@ mod compat;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+mod console;
+#[cfg(feature = "server")]
 mod driver;
 #[cfg(feature = "server")]
 mod error;

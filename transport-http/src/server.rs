@@ -87,6 +87,9 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         Arc::clone(&metrics),
         &settings.http,
     );
+    let console =
+        Arc::new(crate::console::Console::new(settings.core.node_id.clone(), settings.http.history_size));
+    let driver = driver.with_console(Arc::clone(&console));
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -109,6 +112,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         shutdown: shutdown_rx,
         peer_verifier: crate::peer_auth::Verifier::default(),
         eureka: crate::compat::eureka::Eureka::new(&settings.eureka),
+        console,
         settings,
     });
     tracing::info!(

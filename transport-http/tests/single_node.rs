@@ -237,7 +237,7 @@ const BAD: &[(&str, &str, &str, u16, &str)] = &[
     ("DELETE", "/v1/services/orders", "", 409, "service_not_empty"),
     ("DELETE", "/v1/services/nope", "", 404, "service_not_found"),
     ("GET", "/v1/nope", "", 404, "not_found"),
-    ("GET", "/", "", 404, "not_found"),
+    ("GET", "/nothing", "", 404, "not_found"),
     ("DELETE", "/health/live", "", 405, "method_not_allowed"),
     ("POST", "/v1/instances/beat", "{}", 405, "method_not_allowed"),
     ("GET", "/v1/instances/beat", "", 405, "method_not_allowed"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{BrakeConfig, Config};
+use crate::history::{ChangeCause, ChangeKind};
 use crate::lease::{META_REMOVE_AFTER, META_UNHEALTHY_AFTER};
 use crate::model::{Name, ServiceKey};
 use crate::view::Checksum;
@@ -972,4 +973,87 @@ fn only_the_responsible_node_checks_a_persistent_instance() {
     }
     asked.dedup();
     assert_eq!(asked, vec![nodes[0].responsible_for(&k)]);
+}
+
+fn changes(node: &mut Node) -> Vec<(ChangeKind, ChangeCause)> {
+    drain_events(node)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::InstanceChanged(c) => Some((c.kind, c.cause)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn instance_changes_are_events_with_their_cause_only_once_turned_on() {
+    let mut n = single();
+    let k = key("orders", "10.0.0.1", 1);
+    register(&mut n, at(0), &k);
+    assert!(changes(&mut n).is_empty(), "off by default");
+    n.set_instance_events(true);
+    let upd = UpdateRequest { weight: Some(3.0), ..UpdateRequest::default() };
+    n.update_instance(at(1), &k, upd).unwrap();
+    let updated = ChangeKind::Updated { weight: true, enabled: false, metadata: false };
+    assert_eq!(changes(&mut n), [(updated, ChangeCause::Client)]);
+    run_until(&mut n, secs(16));
+    assert_eq!(changes(&mut n), [(ChangeKind::Unhealthy, ChangeCause::Silence)]);
+    n.heartbeat(secs(17), &k).unwrap();
+    assert_eq!(changes(&mut n), [(ChangeKind::Healthy, ChangeCause::Heartbeat)]);
+    run_until(&mut n, secs(48));
+    assert_eq!(
+        changes(&mut n),
+        [(ChangeKind::Unhealthy, ChangeCause::Silence), (ChangeKind::Expired, ChangeCause::Silence)]
+    );
+    register(&mut n, secs(49), &k);
+    n.deregister(secs(50), &k).unwrap();
+    assert_eq!(
+        changes(&mut n),
+        [(ChangeKind::Registered, ChangeCause::Client), (ChangeKind::Deregistered, ChangeCause::Client)]
+    );
+}
+
+#[test]
+fn instances_held_by_the_brake_are_told_apart_from_silence() {
+    let mut n = braking_node();
+    n.set_instance_events(true);
+    for i in 1..=10 {
+        register(&mut n, at(0), &key("orders", &format!("10.0.0.{i}"), 1));
+    }
+    run_until(&mut n, secs(31));
+    let got = changes(&mut n);
+    let count = |want: (ChangeKind, ChangeCause)| got.iter().filter(|c| **c == want).count();
+    assert_eq!(count((ChangeKind::Expired, ChangeCause::Silence)), 5);
+    assert_eq!(count((ChangeKind::Held, ChangeCause::Brake)), 5, "{got:?}");
+    run_until(&mut n, secs(45));
+    assert!(changes(&mut n).is_empty(), "a held instance is noted once, not at every re-check");
+}
+
+#[test]
+fn a_peers_digest_root_is_kept_with_whether_it_matched() {
+    let mut c = Config::new(id("n1:1"));
+    c.peers = vec![id("n2:1")];
+    let mut n = Node::new(c, Timestamp::ZERO).unwrap();
+    let peer = id("n2:1");
+    assert_eq!(n.peer_digest(&peer), None);
+    let root = n.digest().root();
+    n.handle_message(at(5), &peer, PeerMessage::DigestRoot { root }).unwrap();
+    assert_eq!(n.peer_digest(&peer), Some(PeerDigest { at: at(5), root, matched: true }));
+    n.handle_message(at(6), &peer, PeerMessage::DigestRoot { root: root ^ 1 }).unwrap();
+    assert!(!n.peer_digest(&peer).unwrap().matched);
+    assert_eq!(n.peer_digest(&id("n3:1")), None);
+}
+
+#[test]
+fn instances_are_found_by_host_and_port_across_services() {
+    let mut n = single();
+    register(&mut n, at(0), &key("orders", "10.0.0.1", 80));
+    register(&mut n, at(0), &key("billing", "10.0.0.1", 81));
+    register(&mut n, at(0), &key("billing", "10.0.0.2", 80));
+    n.deregister(at(1), &key("billing", "10.0.0.2", 80)).unwrap();
+    let ip = |s: &str| crate::model::Host::parse(s).unwrap();
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), None, 10).len(), 2);
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), Some(81), 10), [key("billing", "10.0.0.1", 81)]);
+    assert_eq!(n.instances_on(&ip("10.0.0.1"), None, 1).len(), 1, "bounded");
+    assert!(n.instances_on(&ip("10.0.0.2"), None, 10).is_empty(), "removed instances are not found");
 }

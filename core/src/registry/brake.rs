@@ -33,6 +33,11 @@ impl Brake {
         self.engaged
     }
 
+    /// Whether the instance slot is held back now.
+    pub(super) fn is_held(&self, slot: u32) -> bool {
+        self.held.contains(&slot)
+    }
+
     pub(super) fn held(&self) -> usize {
         self.held.len()
     }

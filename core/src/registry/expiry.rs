@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::history::{ChangeCause, ChangeKind};
 use crate::record::{InstanceState, RemoveCause, ServiceState};
 use crate::time::Timestamp;
 
@@ -83,8 +84,8 @@ impl Registry {
                 self.stats.purged += 1;
                 self.purge_instance(index);
             }
-            Due::MarkUnhealthy => self.mark_unhealthy(now, index),
-            Due::Remove => self.expire(now, index),
+            Due::MarkUnhealthy => self.with_cause(ChangeCause::Silence, |r| r.mark_unhealthy(now, index)),
+            Due::Remove => self.with_cause(ChangeCause::Silence, |r| r.expire(now, index)),
         }
     }
 
@@ -99,12 +100,16 @@ impl Registry {
 
     fn expire(&mut self, now: Timestamp, index: u32) {
         let ephemeral = self.stats.ephemeral_instances;
+        let was_held = self.brake.is_held(index);
         if !self.brake.allow(now, index, ephemeral) {
             self.stats.braked += 1;
             let recheck = now + self.brake.recheck_after();
             if let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) {
                 if d.healthy {
-                    self.mark_unhealthy(now, index);
+                    self.with_cause(ChangeCause::Brake, |r| r.mark_unhealthy(now, index));
+                } else if !was_held {
+                    let me = self.me.clone();
+                    self.note(now, index, ChangeKind::Held, ChangeCause::Brake, me);
                 }
             }
             self.arm_instance(index, recheck);

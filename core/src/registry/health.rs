@@ -1,6 +1,7 @@
 //! The registry's side of active health checks (see [`crate::health`]).
 
 use crate::health::{FAILURES_TO_UNHEALTHY, HealthCheck};
+use crate::history::ChangeCause;
 use crate::lease::{CheckKind, check_path_of};
 use crate::model::InstanceKey;
 use crate::record::InstanceState;
@@ -58,7 +59,8 @@ impl Registry {
         data.healthy = healthy;
         let Some(version) = self.derived_version(index) else { return false };
         self.stats.checks_changed += 1;
-        self.set_instance(index, version, InstanceState::Live(data), now, true);
+        let cause = if healthy { ChangeCause::PassedCheck } else { ChangeCause::FailedCheck };
+        self.with_cause(cause, |r| r.set_instance(index, version, InstanceState::Live(data), now, true));
         true
     }
 }

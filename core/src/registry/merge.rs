@@ -14,6 +14,7 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::history::ChangeCause;
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
 use crate::record::{
     Author, InstanceState, Record, RemoveCause, ServiceState, Version, instance_state_hash,
@@ -125,7 +126,9 @@ impl Registry {
             // still loses to any concurrent client write.
             let fresh = version.derived(self.me.clone());
             self.hlc.observe(fresh.counter);
-            self.set_instance(index, fresh, InstanceState::Live(data), now, true);
+            self.with_cause(ChangeCause::Refutation, |r| {
+                r.set_instance(index, fresh, InstanceState::Live(data), now, true);
+            });
             return MergeOutcome::Refuted { key, age };
         }
         if current.live().is_none() && matches!(state, InstanceState::Live(_)) {

@@ -30,6 +30,7 @@ use hashbrown::HashTable;
 
 use crate::config::{BrakeConfig, Limits, Timings};
 use crate::error::{Field, InvalidInput, RequestError};
+use crate::history::{ChangeCause, ChangeKind, InstanceChange, classify, merged_cause};
 use crate::lease::{CompactLease, Lease};
 use crate::model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, parse_weight};
 use crate::record::{
@@ -223,6 +224,10 @@ pub(crate) struct Registry {
     checks: std::collections::VecDeque<crate::health::HealthCheck>,
     /// Deliberate bugs for the simulator (always none without `sim`).
     pub(crate) bugs: crate::bugs::Bugs,
+    /// Instance changes for the history; `None` while nobody asked for them.
+    history: Option<Vec<InstanceChange>>,
+    /// Why the registry is writing instance state now (see `history.rs`).
+    cause: ChangeCause,
 }
 
 impl Registry {
@@ -253,6 +258,8 @@ impl Registry {
             changed_services: BTreeSet::new(),
             checks: std::collections::VecDeque::new(),
             bugs: crate::bugs::Bugs::default(),
+            history: None,
+            cause: ChangeCause::Client,
         }
     }
 
@@ -290,6 +297,52 @@ impl Registry {
     /// The record of an instance key, live or tombstone.
     pub(crate) fn instance_record_of(&self, key: &InstanceKey) -> Option<Record> {
         self.find_instance(key).and_then(|i| self.instances.get(i)).and_then(|e| self.instance_record(e))
+    }
+
+    /// Turns instance-change records for the history on or off.
+    pub(crate) fn set_history(&mut self, on: bool) {
+        self.history = on.then(Vec::new);
+    }
+
+    /// The instance changes since the last call (empty while off).
+    pub(crate) fn take_history(&mut self) -> Vec<InstanceChange> {
+        self.history.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Runs `f` with `cause` as the cause of the instance writes it makes.
+    fn with_cause<T>(&mut self, cause: ChangeCause, f: impl FnOnce(&mut Registry) -> T) -> T {
+        let before = std::mem::replace(&mut self.cause, cause);
+        let out = f(self);
+        self.cause = before;
+        out
+    }
+
+    /// Notes a change for the history (when on).
+    fn note(&mut self, now: Timestamp, index: u32, kind: ChangeKind, cause: ChangeCause, origin: NodeId) {
+        if self.history.is_none() {
+            return;
+        }
+        let Some(key) = self.instances.get(index).and_then(|e| self.instance_key(e)) else { return };
+        if let Some(h) = self.history.as_mut() {
+            h.push(InstanceChange { at: now, key, kind, cause, origin });
+        }
+    }
+
+    /// Live instances on host `ip` (and `port`, if given), at most `max`,
+    /// in slab order. A scan of every instance: for operators, not clients.
+    pub(crate) fn instances_on(&self, ip: &Host, port: Option<u16>, max: usize) -> Vec<InstanceKey> {
+        self.instances
+            .iter()
+            .filter(|(_, e)| e.live().is_some() && e.ip == *ip && port.is_none_or(|p| p == e.port))
+            .filter_map(|(_, e)| self.instance_key(e))
+            .take(max)
+            .collect()
+    }
+
+    /// The last evidence of life this node holds for a live instance.
+    pub(crate) fn last_beat(&self, key: &InstanceKey) -> Option<Timestamp> {
+        let e = self.instances.get(self.find_instance(key)?)?;
+        e.live().map(|_| e.last_beat)
     }
 
     pub(crate) fn take_local_changes(&mut self) -> std::vec::Drain<'_, RecordRef> {
@@ -544,6 +597,12 @@ impl Registry {
         now: Timestamp,
         local: bool,
     ) {
+        if self.history.is_some() {
+            if let Some(kind) = self.instances.get(index).and_then(|e| classify(Some(&e.state), &state)) {
+                let cause = if local { self.cause } else { merged_cause(version.author, &state) };
+                self.note(now, index, kind, cause, version.origin.clone());
+            }
+        }
         let Some(e) = self.instances.get_mut(index) else { return };
         if let Some(lease) = lease {
             e.lease = lease;
@@ -820,7 +879,9 @@ impl Registry {
             let mut data = data.clone();
             data.healthy = true;
             if let Some(version) = self.derived_version(index) {
-                self.set_instance(index, version, InstanceState::Live(data), now, true);
+                self.with_cause(ChangeCause::Heartbeat, |r| {
+                    r.set_instance(index, version, InstanceState::Live(data), now, true);
+                });
             }
         }
         let forward_to = if mine || forwarded { None } else { Some(self.responsibility.owner(hash).clone()) };

@@ -259,10 +259,10 @@ fn answer(published: &Published, selector: &Selector) -> Response<Body> {
 }
 
 /// Counts a waiting long poll; refuses past the configured limit.
-struct WatchGuard<'a>(&'a AppState);
+pub(crate) struct WatchGuard<'a>(&'a AppState);
 
 impl<'a> WatchGuard<'a> {
-    fn acquire(state: &'a AppState) -> Result<WatchGuard<'a>, ApiError> {
+    pub(crate) fn acquire(state: &'a AppState) -> Result<WatchGuard<'a>, ApiError> {
         let max = state.settings.http.max_long_polls;
         let before = state.metrics.watchers.fetch_add(1, Ordering::AcqRel);
         if before >= max {

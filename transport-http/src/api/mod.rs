@@ -15,7 +15,8 @@ mod instances;
 mod openapi;
 mod services;
 
-pub(crate) use instances::published;
+pub(crate) use self::input::{Query, parse_duration};
+pub(crate) use self::instances::{WatchGuard, published};
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use muster_core::NodeId;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::console::{self, Op};
 use crate::driver::DriverHandle;
 use crate::error::{ApiError, Body};
 use crate::metrics::Metrics;
@@ -62,6 +64,8 @@ pub(crate) enum Handler {
     Ready,
     Metrics,
     PeerMessages,
+    /// A ConsoleAPI operation (`/console/api/...`, see `crate::console`).
+    Console(crate::console::Op),
 }
 
 /// One route.
@@ -121,7 +125,7 @@ const fn route(
 }
 
 /// Every route the node serves.
-pub(crate) const ROUTES: [Route; 15] = [
+pub(crate) const ROUTES: [Route; 22] = [
     route(
         "POST",
         "/v1/instances",
@@ -218,6 +222,77 @@ pub(crate) const ROUTES: [Route; 15] = [
         &[],
         &[],
     ),
+    // The ConsoleAPI (console-only; the console also uses the routes above).
+    route(
+        "GET",
+        "/console/api/session",
+        "console_session",
+        Handler::Console(Op::Session),
+        Access::Read,
+        false,
+        &[],
+        &[],
+    ),
+    route(
+        "POST",
+        "/console/api/session",
+        "console_check_write",
+        Handler::Console(Op::CheckWrite),
+        Access::Write,
+        false,
+        &[],
+        &[],
+    ),
+    route(
+        "GET",
+        "/console/api/instances",
+        "console_instances",
+        Handler::Console(Op::Instances),
+        Access::Read,
+        true,
+        console::INSTANCES_Q,
+        &[],
+    ),
+    route(
+        "GET",
+        "/console/api/find",
+        "console_find",
+        Handler::Console(Op::Find),
+        Access::Read,
+        true,
+        console::FIND_Q,
+        &[],
+    ),
+    route(
+        "GET",
+        "/console/api/history",
+        "console_history",
+        Handler::Console(Op::History),
+        Access::Read,
+        false,
+        console::HISTORY_Q,
+        &[],
+    ),
+    route(
+        "GET",
+        "/console/api/cluster",
+        "console_cluster",
+        Handler::Console(Op::Cluster),
+        Access::Read,
+        false,
+        &[],
+        &[],
+    ),
+    route(
+        "GET",
+        "/console/api/changes",
+        "console_changes",
+        Handler::Console(Op::Changes),
+        Access::Read,
+        false,
+        console::CHANGES_Q,
+        &[],
+    ),
 ];
 
 /// A matched route: its index in [`ROUTES`] and the `{service}` segment.
@@ -288,6 +363,8 @@ pub(crate) struct AppState {
     pub(crate) nacos: crate::compat::nacos::Nacos,
     /// The Eureka adapter's change history and rendered answers.
     pub(crate) eureka: crate::compat::eureka::Eureka,
+    /// The console's history and change signal.
+    pub(crate) console: Arc<console::Console>,
 }
 
 /// Runs the handler of a matched, authorised request; `peer` is the sender
@@ -325,6 +402,7 @@ pub(crate) async fn dispatch(
             Some(from) => cluster::messages(state, &body, from),
             None => Err(ApiError::unauthorized("this node has no cluster secret; its peer API is closed")),
         },
+        Handler::Console(op) => console::dispatch(state, op, &q()?).await,
     }
 }
 
