@@ -928,5 +928,6 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
     Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
 
+mod durable;
 #[cfg(test)]
 mod tests;

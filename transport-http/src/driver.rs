@@ -34,10 +34,13 @@ use tokio::time::Instant;
 
 use crate::checker::{CheckOutcome, Checker};
 use crate::clock::Clock;
+use crate::driver::durable::Durable;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::snapshot::{Dirty, Snapshots};
+
+pub(crate) mod durable;
 
 /// Most inputs taken in one turn of the loop.
 const BATCH_MAX: usize = 256;
@@ -159,6 +162,8 @@ pub(crate) struct Driver {
     /// Performs the core's active health checks.
     checker: Checker,
     check_outcomes: mpsc::Receiver<CheckOutcome>,
+    /// The durable output and the replies waiting for it (`None`: memory only).
+    durable: Option<Durable>,
 }
 
 impl Driver {
@@ -190,8 +195,15 @@ impl Driver {
             replies: Vec::new(),
             checker,
             check_outcomes,
+            durable: None,
         };
         (driver, DriverHandle { commands: ctx, peer: ptx })
+    }
+
+    /// Gives the driver the node's durable output (see `driver/durable.rs`).
+    pub(crate) fn with_durable(mut self, durable: Option<Durable>) -> Driver {
+        self.durable = durable;
+        self
     }
 
     /// Runs until `stop` turns true, then flushes pending sync to the peer
@@ -223,6 +235,9 @@ impl Driver {
         self.node.flush(now);
         self.drain();
         self.publish(true);
+        if let Some(d) = self.durable.take() {
+            d.stop(&self.node);
+        }
         tracing::info!(node = %self.node.id(), "driver stopped; pending sync flushed");
     }
 
@@ -285,14 +300,15 @@ impl Driver {
         let now = self.clock.now();
         match cmd {
             Command::Request(req, tx) => {
+                let write = durable::is_write(&req);
                 let result = self.node.handle_request(now, req);
                 self.drain();
-                self.replies.push((tx, result));
+                self.reply(write, tx, result);
             }
             Command::PutService(key, upd, tx) => {
                 let result = self.node.handle_request(now, Request::PutService(key, upd));
                 self.drain();
-                self.replies.push((tx, result));
+                self.reply(true, tx, result);
             }
             Command::LoadView(key, watched, tx) => {
                 let view = self.node.service_view(&key);
@@ -311,13 +327,26 @@ impl Driver {
         }
     }
 
-    /// Drains the node's outputs: messages to the peer queues, events to
-    /// watchers, readiness, logs and metrics.
+    /// Queues a reply for the end of the turn, or for the commit of its
+    /// writes if it must wait for the disk.
+    fn reply(&mut self, write: bool, tx: Answer, result: Result<Reply, RequestError>) {
+        let held = match self.durable.as_mut() {
+            Some(d) => d.hold(write, (tx, result)),
+            None => Some((tx, result)),
+        };
+        self.replies.extend(held);
+    }
+
+    /// Drains the node's outputs: messages to the peer queues, writes for
+    /// the disk, events to watchers, readiness, logs and metrics.
     fn drain(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
             self.metrics.count_message_out(&t.msg);
             let frame = encode(self.node.id(), &t.msg);
             self.peers.send(&t.to, frame);
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.drain(&mut self.node);
         }
         while let Some(event) = self.node.poll_event() {
             self.on_event(event);
@@ -407,6 +436,9 @@ impl Driver {
         }
         for (tx, result) in self.replies.drain(..) {
             let _ = tx.send(result);
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.end_turn(&self.node);
         }
     }
 }

@@ -63,6 +63,8 @@ mod peer;
 mod server;
 #[cfg(feature = "server")]
 mod snapshot;
+#[cfg(feature = "server")]
+mod store;
 
 #[cfg(feature = "server")]
 pub use server::{RunError, init_logging, run};

@@ -48,6 +48,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
@@ -71,12 +74,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let clock = Clock::start();
     let mut core = settings.core.clone();
     core.wall_clock_ms = clock.wall_clock_ms();
-    let node = Node::new(core, clock.now())?;
+    let mut node = Node::new(core, clock.now())?;
+    let metrics = Arc::new(Metrics::default());
+    let durable = crate::driver::durable::start(&settings.storage, &mut node, clock.now(), &metrics)?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| RunError::Bind { addr: settings.listen, source })?;
     let stop = shutdown_signal()?;
-    let metrics = Arc::new(Metrics::default());
     let snapshots = Arc::new(Snapshots::default());
     let (peers, peer_tasks) = Peers::start(&settings, Arc::clone(&metrics));
     let (driver, handle) = Driver::new(
@@ -88,6 +92,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         Arc::clone(&metrics),
         settings.http.health_check_timeout,
     );
+    let driver = driver.with_durable(durable);
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

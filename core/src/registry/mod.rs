@@ -13,6 +13,7 @@
 
 mod brake;
 pub(crate) mod digest;
+mod durable;
 mod expiry;
 mod health;
 mod merge;
@@ -20,6 +21,8 @@ mod services;
 mod views;
 
 pub(crate) use self::merge::MergeOutcome;
+
+use self::durable::{DurableLog, DurableOp};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -212,6 +215,8 @@ pub(crate) struct Registry {
     changed_services: BTreeSet<ServiceKey>,
     /// Active health checks for the driver.
     checks: std::collections::VecDeque<crate::health::HealthCheck>,
+    /// Record changes for the disk (see `durable.rs`).
+    durable: DurableLog,
     /// A deliberate bug for the simulator: merge keeps the older record.
     #[cfg(feature = "sim")]
     pub(crate) bug_keep_older: bool,
@@ -244,6 +249,7 @@ impl Registry {
             local_changes: Vec::new(),
             changed_services: BTreeSet::new(),
             checks: std::collections::VecDeque::new(),
+            durable: DurableLog::default(),
             #[cfg(feature = "sim")]
             bug_keep_older: false,
         }
@@ -523,8 +529,9 @@ impl Registry {
             self.brake.release(index);
         }
         self.schedule_instance(index, now);
-        if local {
-            if let Some(h) = self.instances.handle(index) {
+        if let Some(h) = self.instances.handle(index) {
+            self.durable.push(DurableOp::Put(RecordRef::Instance(h)));
+            if local {
                 self.local_changes.push(RecordRef::Instance(h));
             }
         }
@@ -584,6 +591,10 @@ impl Registry {
 
     /// Removes an instance slot entirely (tombstone purge).
     fn purge_instance(&mut self, index: u32) {
+        let Some(e) = self.instances.get(index) else { return };
+        if let Some(key) = self.instance_key(e) {
+            self.durable.push(DurableOp::Delete(crate::durable::RecordKey::Instance(key)));
+        }
         let Some(e) = self.instances.get(index) else { return };
         let (hash, service, pos, digest) = (e.hash, e.service, e.pos as usize, e.digest_hash());
         let f = flags(&e.state);
