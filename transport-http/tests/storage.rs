@@ -299,3 +299,46 @@ fn a_full_disk_fails_writes_with_a_clear_error_and_the_node_recovers_when_space_
     node.wait_ready(Duration::from_secs(10));
     assert_eq!(common::count(&node, "full"), held, "nothing the node held in memory was lost on disk");
 }
+
+#[test]
+fn export_then_import_into_another_node_copies_settings_and_instances_and_importing_twice_changes_nothing() {
+    let a = common::single("storage-export-a", &[]);
+    let b = common::single("storage-export-b", &[]);
+    for p in 1..=1100u16 {
+        assert!(a.req("POST", "/v1/instances", Some(&persistent("big", p))).status < 300);
+    }
+    let body = r#"{"namespace":"prod","group":"shop","service":"cart","ip":"10.9.0.1","port":81,"weight":3,"metadata":{"zone":"eu"}}"#;
+    assert!(a.req("POST", "/v1/instances", Some(body)).status < 300);
+    let r = a.req("PUT", "/v1/services/big", Some(r#"{"protect_threshold":0.4,"metadata":{"owner":"ops"}}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = scratch("storage-export");
+    let file = dir.join("backup.jsonl");
+    let out = run_muster(&["export", "--server", &a.addr, "-o", file.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("exported 1 service settings and 1101 instances"), "{}", out.stderr);
+    for round in 0..2 {
+        let out = run_muster(&["import", file.to_str().unwrap(), "--server", &b.addr], &[]);
+        assert_eq!(out.code, 0, "round {round}: {out:?}");
+        assert!(out.stderr.contains("imported 1000 lines"), "a progress line: {}", out.stderr);
+        assert!(out.stderr.contains("imported 1102 lines"), "{}", out.stderr);
+        assert_eq!(ports_of(&b, "big"), ports_of(&a, "big"));
+        let s = b.get("/v1/services/big").json();
+        assert_eq!(
+            (s["protect_threshold"].clone(), s["metadata"]["owner"].clone()),
+            (0.4.into(), "ops".into())
+        );
+        let cart = common::instances_where(&b, "cart", "namespace=prod&group=shop");
+        let i = &cart["instances"][0];
+        assert_eq!((i["weight"].as_f64(), i["metadata"]["zone"].as_str()), (Some(3.0), Some("eu")), "{cart}");
+        assert_eq!(cart["instances"].as_array().unwrap().len(), 1);
+    }
+    std::fs::write(&file, "{\"kind\":\"instance\",\"service\":\"x\",\"ip\":\"10.0.0.1\",\"port\":0}\n")
+        .unwrap();
+    let out = run_muster(&["import", file.to_str().unwrap(), "--server", &b.addr], &[]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("backup.jsonl:1") && out.stderr.contains("port"),
+        "names the line and field: {}",
+        out.stderr
+    );
+}

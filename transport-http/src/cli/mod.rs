@@ -15,7 +15,10 @@
 //! | 2 | usage: a bad flag or argument (from clap, or a value the registry refuses) |
 //! | 3 | no server reachable |
 
+mod backup;
 mod output;
+
+pub use backup::{ExportArgs, ImportArgs};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,6 +77,10 @@ pub enum Command {
     Nodes(ClientOpts),
     /// Check whether each server is live and ready.
     Health(ClientOpts),
+    /// Write the registry (service settings, instances) as JSON lines.
+    Export(ExportArgs),
+    /// Load a file written by `export` into a running node or cluster (idempotent).
+    Import(ImportArgs),
 }
 
 /// Options of every client subcommand.
@@ -256,6 +263,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Watch(args) => watch(args).await,
         Command::Nodes(opts) => nodes(opts).await,
         Command::Health(opts) => health(opts).await,
+        Command::Export(args) => backup::export(args).await,
+        Command::Import(args) => backup::import(args).await,
     }
 }
 
