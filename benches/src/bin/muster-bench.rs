@@ -115,6 +115,10 @@ struct Args {
     /// Seed of mixed's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Register persistent instances (`ephemeral: false`, no active check):
+    /// each answer waits for the node's disk commit.
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -233,6 +237,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
         max_ops: a.max_ops,
         seed: a.seed,
         setup_timeout: a.setup_timeout,
+        persistent: a.persistent,
     })
 }
 

@@ -13,6 +13,10 @@ use super::{FILE_NAME, Store, StoreError, Stored, WriteSet};
 
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// redb's page cache. The store is read whole only at start and written
+/// mostly in new pages, so a small cache costs little and keeps the node's
+/// memory near what the registry itself takes (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
 
 /// The embedded store (redb).
 pub(crate) struct EmbeddedStore {
@@ -99,7 +103,12 @@ impl EmbeddedStore {
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    guarded(path, || Database::create(path).map_err(|e| map_err(path, "cannot open", e.into())))
+    guarded(path, || {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| map_err(path, "cannot open", e.into()))
+    })
 }
 
 /// Runs `f`, turning a panic inside redb into [`StoreError::Corrupt`].

@@ -57,6 +57,8 @@ pub(crate) struct Opts {
     pub(crate) max_ops: u64,
     pub(crate) seed: u64,
     pub(crate) setup_timeout: Duration,
+    /// Registrations are persistent (register, mixed).
+    pub(crate) persistent: bool,
 }
 
 /// When the measurement starts and when the run ends.
@@ -191,7 +193,7 @@ impl Workload {
         let o = &self.opts;
         let (service, persistent) = match o.mode {
             Mode::Query => (query_service(o.instances), true),
-            _ => (service(o, i), false),
+            _ => (service(o, i), o.persistent),
         };
         let mut body =
             format!(r#"{{"service":"{service}","ip":"{}","port":{},"weight":{weight},"#, ip(i), port(i));
@@ -199,6 +201,9 @@ impl Workload {
             body.push_str(r#""ephemeral":false,"#);
         }
         body.push_str(r#""metadata":{"version":"1.4.2","zone":"eu-west-1a""#);
+        if o.persistent {
+            body.push_str(r#","muster.health_check":"none""#);
+        }
         if let Some(lease) = o.lease_ms {
             body.push_str(&format!(
                 r#","muster.unhealthy_after_ms":"{lease}","muster.remove_after_ms":"{}""#,
@@ -793,6 +798,7 @@ mod tests {
             max_ops: 1,
             seed: 1,
             setup_timeout: Duration::from_secs(1),
+            persistent: false,
         }
     }
 
