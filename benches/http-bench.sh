@@ -22,11 +22,15 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+# Storage flags of every node: memory only unless STORE says otherwise,
+# e.g. STORE="--data-dir /tmp/bench-data" (the store then persists between cases).
+read -r -a STORE_FLAGS <<< "${STORE:---memory-only}"
+
 # start_node PORT [flags...]: a node with the access log off; sets NODE_PID.
 start_node() {
     local port=$1
     shift
-    "$BIN/muster" serve --listen "127.0.0.1:$port" --log-level 'info,muster::access=off' "$@" \
+    "$BIN/muster" serve --listen "127.0.0.1:$port" --log-level 'info,muster::access=off' "${STORE_FLAGS[@]}" "$@" \
         > "$OUT/node-$port.log" 2>&1 < /dev/null &
     NODE_PID=$!
     PIDS+=("$NODE_PID")

@@ -48,6 +48,8 @@ struct Started {
 
 fn spawn_node(args: ServeArgs) -> Started {
     let addr = args.listen.expect("a listen address").to_string();
+    // Memory only unless a data directory is given: nothing in the repository.
+    let args = ServeArgs { memory_only: args.memory_only.or(Some(args.data_dir.is_none())), ..args };
     let settings = args.with_file().unwrap().into_settings().expect("valid node settings");
     let (tx, failed) = mpsc::channel();
     std::thread::Builder::new()

@@ -128,6 +128,12 @@ pub enum RequestError {
     /// retry on another node or later.
     #[error("node is starting and has not loaded the registry yet; retry on another node")]
     NotReady,
+    /// The node could not commit the write to its disk (set by the driver,
+    /// never by the core). The write is applied in memory and replicated,
+    /// and the node keeps retrying the commit; a client that needs it on
+    /// disk retries the request (it is idempotent), here or on another node.
+    #[error("the write is in memory but could not be committed to disk: {0}")]
+    NotDurable(String),
 }
 
 /// Why a peer message was refused. The node's state is unchanged unless the

@@ -13,6 +13,7 @@
 #[doc(hidden)]
 pub mod bugs;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod hash;
 pub mod health;

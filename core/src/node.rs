@@ -1088,6 +1088,7 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
     Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
 
+mod durable;
 #[cfg(test)]
 mod grace_tests;
 #[cfg(test)]

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod check;
+pub mod disk;
 pub mod measure;
 pub mod runner;
 pub mod scenario;

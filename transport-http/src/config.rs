@@ -220,6 +220,15 @@ pub struct ServeArgs {
     /// Most changes kept for the Eureka delta; older ones make clients fetch everything [default: 10000].
     #[arg(long, env = "MUSTER_EUREKA_MAX_DELTA_CHANGES", value_name = "N")]
     pub eureka_max_delta_changes: Option<usize>,
+    /// Directory of the node's durable store, created if missing [default: ./muster-data].
+    #[arg(long, env = "MUSTER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: every start is empty (tests, caches) [default: false].
+    #[arg(long, env = "MUSTER_MEMORY_ONLY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub memory_only: Option<bool>,
+    /// Longest time an ephemeral instance's change waits before it is written to disk, ms [default: 200].
+    #[arg(long, env = "MUSTER_WRITE_BEHIND_MS", value_name = "MS")]
+    pub write_behind_ms: Option<u64>,
 
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
@@ -309,6 +318,18 @@ pub(crate) struct HttpSettings {
     pub(crate) history_size: usize,
 }
 
+/// Where and how the node keeps its data.
+#[derive(Clone, Debug)]
+pub(crate) struct StorageSettings {
+    /// The data directory; `None` for memory only.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Longest wait of a written-behind change.
+    pub(crate) write_behind: Duration,
+}
+
+/// The default data directory (relative to where `muster serve` runs).
+pub const DEFAULT_DATA_DIR: &str = "muster-data";
+
 /// Validated settings of one node.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -319,6 +340,7 @@ pub struct Settings {
     pub(crate) read_token: Option<Secret>,
     pub(crate) http: HttpSettings,
     pub(crate) eureka: crate::compat::eureka::EurekaSettings,
+    pub(crate) storage: StorageSettings,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     /// The Nacos adapter's settings.
@@ -362,6 +384,7 @@ impl ServeArgs {
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
+            data_dir, memory_only, write_behind_ms,
         );
         fill_from!(self, file;
             listen_backlog, body_timeout_ms, body_min_bytes_per_s, max_peer_body_bytes,
@@ -405,6 +428,7 @@ impl ServeArgs {
         let http = self.http_settings()?;
         let nacos = self.nacos_settings()?;
         let eureka = crate::compat::eureka::EurekaSettings::from_args(&self)?;
+        let storage = self.storage_settings()?;
         Ok(Settings {
             nacos,
             core,
@@ -414,6 +438,7 @@ impl ServeArgs {
             read_token,
             http,
             eureka,
+            storage,
             log_level: self.log_level.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or_default(),
         })
@@ -483,6 +508,29 @@ impl ServeArgs {
         c.brake.window = ms(self.brake_window_ms, c.brake.window);
         c.validate().map_err(|e| SettingsError::new(e.field, e.message))?;
         Ok(c)
+    }
+
+    fn storage_settings(&self) -> Result<StorageSettings, SettingsError> {
+        let memory_only = self.memory_only.unwrap_or(false);
+        if memory_only && self.data_dir.is_some() {
+            return Err(SettingsError::new(
+                "memory_only",
+                "memory_only keeps nothing on disk, so data_dir would be ignored; give one or the other",
+            ));
+        }
+        let write_behind = match self.write_behind_ms {
+            Some(0) => return Err(SettingsError::new("write_behind_ms", "must be greater than zero")),
+            Some(ms) if ms > 60_000 => {
+                return Err(SettingsError::new(
+                    "write_behind_ms",
+                    "at most 60000 (a minute of changes in memory)",
+                ));
+            }
+            v => Duration::from_millis(v.unwrap_or(200)),
+        };
+        let data_dir =
+            (!memory_only).then(|| self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
+        Ok(StorageSettings { data_dir, write_behind })
     }
 
     fn http_settings(&self) -> Result<HttpSettings, SettingsError> {
@@ -599,6 +647,19 @@ mod tests {
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(s.core.node_id.as_str(), DEFAULT_LISTEN);
         assert!(s.core.peers.is_empty());
+        assert_eq!(s.storage.data_dir.as_deref(), Some(Path::new(DEFAULT_DATA_DIR)));
+    }
+
+    #[test]
+    fn memory_only_keeps_no_data_directory_and_refuses_one_given_too() {
+        assert_eq!(parse(&["--memory-only"]).into_settings().unwrap().storage.data_dir, None);
+        assert_eq!(
+            parse(&["--memory-only", "false"]).into_settings().unwrap().storage.data_dir.unwrap(),
+            Path::new(DEFAULT_DATA_DIR)
+        );
+        let err = parse(&["--memory-only", "--data-dir", "x"]).into_settings().unwrap_err();
+        assert_eq!(err.key, "memory_only");
+        assert_eq!(parse(&["--write-behind-ms", "0"]).into_settings().unwrap_err().key, "write_behind_ms");
     }
 
     #[test]

@@ -34,10 +34,13 @@ use tokio::time::Instant;
 
 use crate::checker::{CheckOutcome, Checker};
 use crate::clock::Clock;
+use crate::driver::durable::Durable;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::snapshot::{Dirty, Snapshots};
+
+pub(crate) mod durable;
 
 /// Most inputs taken in one turn of the loop.
 const BATCH_MAX: usize = 256;
@@ -196,6 +199,8 @@ pub(crate) struct Driver {
     console: Option<Arc<crate::console::Console>>,
     /// The input being handled came from the console.
     console_input: bool,
+    /// The durable output and the replies waiting for it (`None`: memory only).
+    durable: Option<Durable>,
 }
 
 impl Driver {
@@ -229,6 +234,7 @@ impl Driver {
             check_outcomes,
             console: None,
             console_input: false,
+            durable: None,
         };
         (driver, DriverHandle { commands: ctx, peer: ptx })
     }
@@ -237,6 +243,12 @@ impl Driver {
     pub(crate) fn with_console(mut self, console: Arc<crate::console::Console>) -> Driver {
         self.node.set_instance_events(console.history_enabled());
         self.console = Some(console);
+        self
+    }
+
+    /// Gives the driver the node's durable output (see `driver/durable.rs`).
+    pub(crate) fn with_durable(mut self, durable: Option<Durable>) -> Driver {
+        self.durable = durable;
         self
     }
 
@@ -269,6 +281,9 @@ impl Driver {
         self.node.flush(now);
         self.drain();
         self.publish(true);
+        if let Some(d) = self.durable.take() {
+            d.stop(&self.node);
+        }
         tracing::info!(node = %self.node.id(), "driver stopped; pending sync flushed");
     }
 
@@ -331,21 +346,23 @@ impl Driver {
         let now = self.clock.now();
         match cmd {
             Command::Request(req, tx) => {
+                let write = durable::is_write(&req);
                 let result = self.node.handle_request(now, req);
                 self.drain();
-                self.replies.push((tx, result));
+                self.reply(write, tx, result);
             }
             Command::PutService(key, upd, tx) => {
                 let result = self.node.handle_request(now, Request::PutService(key, upd));
                 self.drain();
-                self.replies.push((tx, result));
+                self.reply(true, tx, result);
             }
             Command::ConsoleRequest(req, tx) => {
+                let write = durable::is_write(&req);
                 self.console_input = true;
                 let result = self.node.handle_request(now, req);
                 self.drain();
                 self.console_input = false;
-                self.replies.push((tx, result));
+                self.reply(write, tx, result);
             }
             Command::Inspect(Inspect(f)) => f(&self.node, now),
             Command::LoadView(key, watched, tx) => {
@@ -365,13 +382,26 @@ impl Driver {
         }
     }
 
-    /// Drains the node's outputs: messages to the peer queues, events to
-    /// watchers, readiness, logs and metrics.
+    /// Queues a reply for the end of the turn, or for the commit of its
+    /// writes if it must wait for the disk.
+    fn reply(&mut self, write: bool, tx: Answer, result: Result<Reply, RequestError>) {
+        let held = match self.durable.as_mut() {
+            Some(d) => d.hold(write, (tx, result)),
+            None => Some((tx, result)),
+        };
+        self.replies.extend(held);
+    }
+
+    /// Drains the node's outputs: messages to the peer queues, writes for
+    /// the disk, events to watchers, readiness, logs and metrics.
     fn drain(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
             self.metrics.count_message_out(&t.msg);
             let frame = encode(self.node.id(), &t.msg);
             self.peers.send(&t.to, frame);
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.drain(&mut self.node);
         }
         while let Some(event) = self.node.poll_event() {
             self.on_event(event);
@@ -472,6 +502,9 @@ impl Driver {
         }
         for (tx, result) in self.replies.drain(..) {
             let _ = tx.send(result);
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.end_turn(&self.node);
         }
     }
 }

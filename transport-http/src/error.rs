@@ -215,6 +215,9 @@ impl From<RequestError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "limit_exceeded", message)
             }
             RequestError::NotReady => ApiError::not_ready(),
+            RequestError::NotDurable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_durable", message)
+            }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }

@@ -71,6 +71,8 @@ mod probe;
 mod server;
 #[cfg(feature = "server")]
 mod snapshot;
+#[cfg(feature = "server")]
+mod store;
 
 #[cfg(feature = "server")]
 pub use server::{RunError, init_logging, run};

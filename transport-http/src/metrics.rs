@@ -54,6 +54,12 @@ pub(crate) struct Metrics {
     pub(crate) health_checks_failed: AtomicU64,
     /// Active health checks skipped because every slot was busy.
     pub(crate) health_checks_skipped: AtomicU64,
+    /// Store commits (each one fsync).
+    pub(crate) store_commits: AtomicU64,
+    /// Record writes committed to the store (coalesced by key).
+    pub(crate) store_writes: AtomicU64,
+    /// Store commits that failed (full disk, I/O error); retried.
+    pub(crate) store_failures: AtomicU64,
     /// The hardening counters (slow bodies, peer limits, refused checks).
     pub(crate) guard: GuardMetrics,
 }
@@ -91,6 +97,9 @@ impl Default for Metrics {
             health_checks_failed: AtomicU64::new(0),
             health_checks_skipped: AtomicU64::new(0),
             guard: GuardMetrics::default(),
+            store_commits: AtomicU64::new(0),
+            store_writes: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
         }
     }
 }
@@ -197,6 +206,24 @@ impl Metrics {
             "muster_brake_engagements_total",
             "Times the expiry brake engaged.",
             self.brake_engagements.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_store_commits_total",
+            "Store commits (one fsync each).",
+            self.store_commits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_store_writes_total",
+            "Record writes committed to the store.",
+            self.store_writes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_store_failures_total",
+            "Store commits that failed (full disk, I/O error); the writes are retried.",
+            self.store_failures.load(Ordering::Relaxed),
         );
         self.render_sync(&mut out, status);
         render_peers(&mut out, status, peer_queues);

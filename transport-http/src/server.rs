@@ -48,6 +48,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
@@ -71,11 +74,12 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let clock = Clock::start();
     let mut core = settings.core.clone();
     core.wall_clock_ms = clock.wall_clock_ms();
-    let node = Node::new(core, clock.now())?;
+    let mut node = Node::new(core, clock.now())?;
+    let metrics = Arc::new(Metrics::default());
+    let durable = crate::driver::durable::start(&settings.storage, &mut node, clock.now(), &metrics)?;
     let listener = bind(settings.listen, settings.http.listen_backlog)
         .map_err(|source| RunError::Bind { addr: settings.listen, source })?;
     let stop = shutdown_signal()?;
-    let metrics = Arc::new(Metrics::default());
     let snapshots = Arc::new(Snapshots::new(settings.http.max_unknown_watched));
     let (peers, peer_tasks) = Peers::start(&settings, Arc::clone(&metrics));
     let (driver, handle) = Driver::new(
@@ -90,6 +94,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let console =
         Arc::new(crate::console::Console::new(settings.core.node_id.clone(), settings.http.history_size));
     let driver = driver.with_console(Arc::clone(&console));
+    let driver = driver.with_durable(durable);
     let (stop_driver, driver_stopped) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -123,6 +123,10 @@ struct Args {
     /// (register, beat = TTL pass, query, mixed; --batch 1).
     #[arg(long, value_enum, default_value = "native")]
     api: workload::Api,
+    /// Register persistent instances (`ephemeral: false`, no active check):
+    /// each answer waits for the node's disk commit.
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -256,6 +260,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
         seed: a.seed,
         setup_timeout: a.setup_timeout,
         api: a.api,
+        persistent: a.persistent,
     })
 }
 

@@ -13,6 +13,7 @@
 
 mod brake;
 pub(crate) mod digest;
+mod durable;
 mod expiry;
 mod health;
 mod merge;
@@ -21,6 +22,8 @@ mod services;
 mod views;
 
 pub(crate) use self::merge::MergeOutcome;
+
+use self::durable::{DurableLog, DurableOp};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -228,6 +231,8 @@ pub(crate) struct Registry {
     history: Option<Vec<InstanceChange>>,
     /// Why the registry is writing instance state now (see `history.rs`).
     cause: ChangeCause,
+    /// Record changes for the disk (see `durable.rs`).
+    durable: DurableLog,
 }
 
 impl Registry {
@@ -260,6 +265,7 @@ impl Registry {
             bugs: crate::bugs::Bugs::default(),
             history: None,
             cause: ChangeCause::Client,
+            durable: DurableLog::default(),
         }
     }
 
@@ -623,8 +629,9 @@ impl Registry {
             self.brake.release(index);
         }
         self.schedule_instance(index, now);
-        if local {
-            if let Some(h) = self.instances.handle(index) {
+        if let Some(h) = self.instances.handle(index) {
+            self.durable.push(DurableOp::Put(RecordRef::Instance(h)));
+            if local {
                 self.local_changes.push(RecordRef::Instance(h));
             }
         }
@@ -684,6 +691,10 @@ impl Registry {
 
     /// Removes an instance slot entirely (tombstone purge).
     fn purge_instance(&mut self, index: u32) {
+        let Some(e) = self.instances.get(index) else { return };
+        if let Some(key) = self.instance_key(e) {
+            self.durable.push(DurableOp::Delete(crate::durable::RecordKey::Instance(key)));
+        }
         let Some(e) = self.instances.get(index) else { return };
         let (hash, service, pos, digest) = (e.hash, e.service, e.pos as usize, e.digest_hash());
         let f = flags(&e.state);

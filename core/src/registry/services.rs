@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::durable::RecordKey;
 use crate::error::{Field, InvalidInput, RequestError};
 use crate::model::{Metadata, Name, ServiceKey, ServiceMeta, parse_protect_threshold};
 use crate::record::{ServiceState, Version, digest_hash, service_record_hash, service_state_hash};
@@ -9,6 +10,7 @@ use crate::request::ServiceUpdate;
 use crate::time::Timestamp;
 use crate::view::{NamespaceSummary, ServiceFilter, ServicePage, ServiceSummary};
 
+use super::durable::DurableOp;
 use super::{RecordRef, Registry, ServiceEntry, ServiceRecord};
 
 impl Registry {
@@ -41,8 +43,9 @@ impl Registry {
         } else {
             self.disarm_service(index);
         }
-        if local {
-            if let Some(h) = self.services.handle(index) {
+        if let Some(h) = self.services.handle(index) {
+            self.durable.push(DurableOp::Put(RecordRef::Service(h)));
+            if local {
                 self.local_changes.push(RecordRef::Service(h));
             }
         }
@@ -54,6 +57,7 @@ impl Registry {
         self.disarm_service(index);
         let Some(s) = self.services.get_mut(index) else { return };
         let Some(old) = s.record.take() else { return };
+        self.durable.push(DurableOp::Delete(RecordKey::Service(s.key.clone())));
         let key_hash = service_record_hash(&s.key);
         self.digest.toggle(key_hash, digest_hash(key_hash, &old.version, service_state_hash(&old.state)));
         self.stats.purged += 1;

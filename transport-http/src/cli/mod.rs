@@ -22,8 +22,11 @@
 //! | 3 | no server reachable |
 //! | 130 | stopped by Ctrl-C / SIGTERM before it finished |
 
+mod backup;
 mod output;
 mod signals;
+
+pub use backup::{ExportArgs, ImportArgs};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,6 +87,10 @@ pub enum Command {
     Nodes(ClientOpts),
     /// Check whether each server is live and ready.
     Health(ClientOpts),
+    /// Write the registry (service settings, instances) as JSON lines.
+    Export(ExportArgs),
+    /// Load a file written by `export` into a running node or cluster (idempotent).
+    Import(ImportArgs),
 }
 
 /// Options of every client subcommand.
@@ -309,6 +316,8 @@ async fn dispatch(command: Command, signals: Signals) -> Result<(), Failure> {
         Command::Watch(args) => watch(args, signals).await,
         Command::Nodes(opts) => nodes(opts).await,
         Command::Health(opts) => health(opts).await,
+        Command::Export(args) => backup::export(args).await,
+        Command::Import(args) => backup::import(args).await,
     }
 }
 

@@ -99,7 +99,7 @@ pub use model::{
 };
 pub use provider::Registration;
 
-use model::encode;
+pub(crate) use model::encode;
 use pool::{Call, Pool, PoolTimings};
 
 /// The default server address.
@@ -432,6 +432,22 @@ impl Client {
             }
         }
         let call = Call::new(Method::GET, path, self.inner.settings.request_timeout);
+        Ok(self.inner.pool.json(&call).await?.0)
+    }
+
+    /// One JSON call to the OpenAPI, with failover (the CLI's `export` and
+    /// `import`).
+    #[cfg(feature = "server")]
+    pub(crate) async fn call_json(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, Error> {
+        let mut call = Call::new(method, path, self.inner.settings.request_timeout);
+        if let Some(b) = body {
+            call = call.json(b)?;
+        }
         Ok(self.inner.pool.json(&call).await?.0)
     }
 

@@ -83,11 +83,21 @@ impl Node {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        // Memory only unless the test gives a data directory: no node
+        // writes into the repository, and no two share a store.
+        let storage: &[&str] = if self.args.iter().any(|a| a == "--data-dir" || a == "--memory-only") {
+            &[]
+        } else {
+            &["--memory-only"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_muster"))
             .arg("serve")
             .args(["--listen", &self.addr])
             .args(&self.args)
+            .args(storage)
             .env_remove("RUST_LOG")
+            .env_remove("MUSTER_DATA_DIR")
+            .env_remove("MUSTER_MEMORY_ONLY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

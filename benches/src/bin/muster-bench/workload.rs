@@ -78,6 +78,8 @@ pub(crate) struct Opts {
     pub(crate) setup_timeout: Duration,
     /// The API the load speaks.
     pub(crate) api: Api,
+    /// Registrations are persistent (register, mixed).
+    pub(crate) persistent: bool,
 }
 
 /// When the measurement starts and when the run ends.
@@ -238,7 +240,7 @@ impl Workload {
         let o = &self.opts;
         let (service, persistent) = match o.mode {
             Mode::Query => (query_service(o.instances), true),
-            _ => (service(o, i), false),
+            _ => (service(o, i), o.persistent),
         };
         let mut body =
             format!(r#"{{"service":"{service}","ip":"{}","port":{},"weight":{weight},"#, ip(i), port(i));
@@ -246,6 +248,9 @@ impl Workload {
             body.push_str(r#""ephemeral":false,"#);
         }
         body.push_str(r#""metadata":{"version":"1.4.2","zone":"eu-west-1a""#);
+        if o.persistent {
+            body.push_str(r#","muster.health_check":"none""#);
+        }
         if let Some(lease) = o.lease_ms {
             body.push_str(&format!(
                 r#","muster.unhealthy_after_ms":"{lease}","muster.remove_after_ms":"{}""#,
@@ -896,6 +901,7 @@ mod tests {
             seed: 1,
             setup_timeout: Duration::from_secs(1),
             api: Api::Native,
+            persistent: false,
         }
     }
 

@@ -1,0 +1,25 @@
+//! The memory-only store (`--memory-only`): nothing survives the process.
+
+use super::{Store, StoreError, Stored, WriteSet};
+
+/// Keeps nothing: every start is empty. The driver does not even produce
+/// writes for it (see [`Store::persistent`]).
+pub(crate) struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn location(&self) -> String {
+        "memory only".to_owned()
+    }
+
+    fn persistent(&self) -> bool {
+        false
+    }
+
+    fn load(&mut self) -> Result<Stored, StoreError> {
+        Ok(Stored::default())
+    }
+
+    fn commit(&mut self, _writes: &WriteSet, _floor: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

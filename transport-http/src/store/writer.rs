@@ -1,0 +1,245 @@
+//! The store thread: group commit and the release of held replies.
+//!
+//! The driver sends one [`Batch`] per turn of its loop: the turn's durable
+//! writes, the version floor, and the replies that must wait for them. The
+//! thread takes every batch that is queued, coalesces the writes by key and
+//! commits them in one transaction (one fsync for all of them), then sends
+//! the held replies. Batches that arrive during a commit wait for the next:
+//! that is the group commit, and the rate of persistent writes is bounded by
+//! the batch size per fsync, not by the fsync rate.
+//!
+//! Writes that hold no reply (ephemeral instances, records merged from
+//! peers, expiries) are written behind: kept until a batch with replies
+//! arrives or `write_behind` after the first of them, whichever is first.
+//!
+//! A failed commit (full disk, I/O error) answers its held replies with
+//! `NotDurable`, keeps every write, and is retried with the next batch or
+//! after [`RETRY`]: nothing is dropped, and the node catches up once the
+//! disk has room again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use muster_core::durable::{DurableWrite, encode_key, encode_record};
+use muster_core::{Reply, RequestError};
+use tokio::sync::oneshot;
+
+use super::{Store, WriteSet};
+use crate::metrics::Metrics;
+
+/// A reply held until its writes are committed.
+pub(crate) type Held = (oneshot::Sender<Result<Reply, RequestError>>, Result<Reply, RequestError>);
+
+/// Batches queued for the thread before the driver waits (back-pressure
+/// from a slow disk reaches clients as a full request queue, 503).
+const QUEUE: usize = 1024;
+/// Most batches coalesced into one commit.
+const GROUP_MAX: usize = 4096;
+/// Pause before retrying a failed commit that holds no reply.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One turn's output for the disk.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The writes, in order (later writes of a key win).
+    pub(crate) writes: Vec<DurableWrite>,
+    /// The node's version floor after them.
+    pub(crate) floor: u64,
+    /// Replies released after the commit.
+    pub(crate) replies: Vec<Held>,
+    /// The driver's number of this batch.
+    pub(crate) seq: u64,
+}
+
+enum Msg {
+    Batch(Batch),
+    Stop,
+}
+
+/// The driver's end of the store thread.
+pub(crate) struct Writer {
+    tx: SyncSender<Msg>,
+    committed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread that owns `store`.
+    pub(crate) fn start(
+        store: Box<dyn Store>,
+        write_behind: Duration,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let committed = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&committed);
+        let thread = std::thread::Builder::new()
+            .name("muster-store".into())
+            .spawn(move || Thread::new(store, write_behind, c, metrics).run(rx))?;
+        Ok(Writer { tx, committed, thread: Some(thread) })
+    }
+
+    /// The number of the last batch committed.
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Hands a batch to the thread; waits while its queue is full.
+    pub(crate) fn send(&self, batch: Batch) {
+        match self.tx.try_send(Msg::Batch(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                tracing::debug!("store queue full; the driver waits for the disk");
+                let _ = self.tx.send(msg);
+            }
+            Err(TrySendError::Disconnected(Msg::Batch(b))) => fail_all(b.replies, "the store thread stopped"),
+            Err(TrySendError::Disconnected(Msg::Stop)) => {}
+        }
+    }
+
+    /// Commits what is queued and stops the thread.
+    pub(crate) fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fail_all(replies: Vec<Held>, why: &str) {
+    for (tx, _) in replies {
+        let _ = tx.send(Err(RequestError::NotDurable(why.to_owned())));
+    }
+}
+
+struct Thread {
+    store: Box<dyn Store>,
+    write_behind: Duration,
+    committed: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    pending: WriteSet,
+    floor: u64,
+    replies: Vec<Held>,
+    seq: u64,
+    /// When the oldest uncommitted write arrived.
+    oldest: Option<Instant>,
+    /// The last commit error, to log each distinct failure once.
+    failing: Option<String>,
+}
+
+impl Thread {
+    fn new(
+        store: Box<dyn Store>,
+        write_behind: Duration,
+        committed: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+    ) -> Thread {
+        Thread {
+            store,
+            write_behind,
+            committed,
+            metrics,
+            pending: WriteSet::new(),
+            floor: 0,
+            replies: Vec::new(),
+            seq: 0,
+            oldest: None,
+            failing: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let first = match self.deadline() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            let mut stop = match first {
+                Ok(Msg::Batch(b)) => {
+                    self.take(b);
+                    false
+                }
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+            for _ in 0..GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(Msg::Batch(b)) => self.take(b),
+                    Ok(Msg::Stop) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            let due = self.deadline().is_some_and(|at| Instant::now() >= at);
+            if stop || !self.replies.is_empty() || due {
+                self.commit();
+            }
+            if stop {
+                if self.failing.is_some() {
+                    tracing::error!(
+                        writes = self.pending.len(),
+                        "stopping with writes the disk did not take; they are lost on this node"
+                    );
+                }
+                return;
+            }
+        }
+    }
+
+    /// When the thread must commit even if no batch arrives.
+    fn deadline(&self) -> Option<Instant> {
+        let oldest = self.oldest?;
+        Some(if self.failing.is_some() {
+            oldest.max(Instant::now() - self.write_behind) + RETRY
+        } else {
+            oldest + self.write_behind
+        })
+    }
+
+    fn take(&mut self, b: Batch) {
+        for w in &b.writes {
+            let value = match w {
+                DurableWrite::Put(r) => Some(encode_record(r)),
+                DurableWrite::Delete(_) => None,
+            };
+            self.pending.insert(encode_key(&w.key()), value);
+        }
+        if !b.writes.is_empty() && self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        self.floor = self.floor.max(b.floor);
+        self.seq = self.seq.max(b.seq);
+        self.replies.extend(b.replies);
+    }
+
+    fn commit(&mut self) {
+        let start = Instant::now();
+        let writes = self.pending.len();
+        match self.store.commit(&self.pending, self.floor) {
+            Ok(()) => {
+                self.pending.clear();
+                self.oldest = None;
+                self.committed.store(self.seq, Ordering::Release);
+                self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.store_writes.fetch_add(writes as u64, Ordering::Relaxed);
+                if self.failing.take().is_some() {
+                    tracing::info!(store = %self.store.location(), writes, "the store commits again");
+                }
+                for (tx, result) in self.replies.drain(..) {
+                    let _ = tx.send(result);
+                }
+                tracing::trace!(writes, micros = start.elapsed().as_micros() as u64, "store commit");
+            }
+            Err(e) => {
+                self.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                let message = e.to_string();
+                if self.failing.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %message, writes, "store commit failed; writes kept in memory and retried");
+                }
+                self.failing = Some(message.clone());
+                fail_all(std::mem::take(&mut self.replies), &message);
+            }
+        }
+    }
+}
