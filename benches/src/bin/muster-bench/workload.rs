@@ -448,15 +448,20 @@ pub(crate) async fn setup(w: &Arc<Workload>) -> Result<(), String> {
                 t.await.map_err(|e| format!("setup task: {e}"))??;
             }
             if o.mode == Mode::Query {
-                // Eureka's fetch is not a list of one service: wait on the
-                // native view of the app.
+                // Eureka's fetch and Consul's health list are not lists the
+                // waiter reads: wait on the native view of the service.
                 let (service, uri) = match o.api {
                     Api::Eureka => {
                         let app = eureka::app(o, 0);
                         let uri = query_uri(&app);
                         (app, uri)
                     }
-                    _ => (query_service(o.instances), w.queries[0].clone()),
+                    Api::Consul => {
+                        let service = query_service(o.instances);
+                        let uri = query_uri(&service);
+                        (service, uri)
+                    }
+                    Api::Native | Api::Nacos => (query_service(o.instances), w.queries[0].clone()),
                 };
                 wait_for_instances(o.server, &service, &uri, o.instances, Duration::from_secs(10)).await?;
             }
