@@ -40,12 +40,14 @@ pub enum PeerMessage {
     /// Records changed locally since the last delta.
     Delta {
         /// The records, each in its latest state.
+        #[serde(deserialize_with = "bounded_items")]
         records: Vec<Record>,
     },
     /// Heartbeats seen by the sender for instances the receiver is
     /// responsible for.
     Beats {
         /// The beats.
+        #[serde(deserialize_with = "bounded_items")]
         beats: Vec<ForwardedBeat>,
     },
     /// Anti-entropy, step 1: the root of the sender's digest. A receiver
@@ -57,14 +59,17 @@ pub enum PeerMessage {
     /// Anti-entropy, step 2: the receiver's bucket hashes.
     DigestBuckets {
         /// [`crate::BUCKETS`] bucket hashes.
+        #[serde(deserialize_with = "bounded_buckets")]
         buckets: Vec<u64>,
     },
     /// Anti-entropy, step 3 (and 4 with `reply == false`): every record the
     /// sender holds in the buckets that differ.
     BucketRecords {
         /// The buckets covered.
+        #[serde(deserialize_with = "bounded_buckets")]
         buckets: Vec<u8>,
         /// The sender's records in them.
+        #[serde(deserialize_with = "bounded_items")]
         records: Vec<Record>,
         /// Whether the receiver should answer with its own records.
         reply: bool,
@@ -77,6 +82,7 @@ pub enum PeerMessage {
     /// A page of the registry.
     Snapshot {
         /// The records of the page.
+        #[serde(deserialize_with = "bounded_items")]
         records: Vec<Record>,
         /// The cursor of the next page; `None` on the last.
         next: Option<u64>,
@@ -148,6 +154,56 @@ impl PeerMessage {
     }
 }
 
+std::thread_local! {
+    /// The item limit of the decode running on this thread ([`decode_within`]).
+    static ITEMS_MAX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// A sequence of at most `max` items, refused as soon as its length prefix
+/// says more (postcard writes it first), before any item is decoded.
+fn bounded<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T> {
+        max: usize,
+        what: &'static str,
+        item: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {} {}", self.max, self.what)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let too_many = || serde::de::Error::custom(format!("more than {} {}", self.max, self.what));
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > self.max {
+                return Err(too_many());
+            }
+            // As serde's own Vec: never trust a length prefix for more than ~1 MiB up front.
+            let mut out = Vec::with_capacity(declared.min((1 << 20) / std::mem::size_of::<T>().max(1)));
+            while let Some(item) = seq.next_element()? {
+                if out.len() >= self.max {
+                    return Err(too_many());
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V { max, what, item: std::marker::PhantomData })
+}
+
+fn bounded_items<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, ITEMS_MAX.with(std::cell::Cell::get), "items (max_incoming_records)")
+}
+
+fn bounded_buckets<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    bounded(d, crate::BUCKETS, "buckets")
+}
+
 #[derive(Serialize)]
 struct FrameRef<'a> {
     from: &'a NodeId,
@@ -172,6 +228,17 @@ pub fn encode(from: &NodeId, msg: &PeerMessage) -> Vec<u8> {
             PROTOCOL_VERSION.to_le_bytes().to_vec()
         }
     }
+}
+
+/// Decodes a frame like [`decode`], refusing while decoding any message
+/// whose record or beat list declares more than `max_items` entries (so a
+/// huge frame costs nothing past its length prefix). Bucket lists are always
+/// limited to [`crate::BUCKETS`].
+pub fn decode_within(bytes: &[u8], max_items: usize) -> Result<(NodeId, PeerMessage), MessageError> {
+    let before = ITEMS_MAX.with(|m| m.replace(max_items));
+    let result = decode(bytes);
+    ITEMS_MAX.with(|m| m.set(before));
+    result
 }
 
 /// Decodes a frame into its sender and message.
@@ -244,6 +311,27 @@ mod tests {
         assert!(matches!(decode(&bytes), Err(MessageError::Malformed(_))));
         assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(MessageError::Malformed(_))));
         assert!(matches!(decode(&[1]), Err(MessageError::Malformed(_))));
+    }
+
+    #[test]
+    fn lists_longer_than_the_limit_are_refused_while_decoding() {
+        let (from, msg) = sample();
+        let PeerMessage::Delta { records } = msg else { unreachable!() };
+        let many = PeerMessage::Delta { records: vec![records[0].clone(); 5] };
+        let bytes = encode(&from, &many);
+        assert!(decode_within(&bytes, 5).is_ok());
+        assert!(matches!(decode_within(&bytes, 4), Err(MessageError::Malformed(_))));
+        assert!(decode(&bytes).is_ok(), "the limit ends with its call");
+        let buckets = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS + 1] };
+        assert!(decode(&encode(&from, &buckets)).is_err());
+        let ok = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS] };
+        assert!(decode(&encode(&from, &ok)).is_ok());
+        // A length prefix claiming a billion records, with nothing behind it.
+        let mut huge = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        let head = encode(&from, &PeerMessage::Delta { records: Vec::new() });
+        huge.extend_from_slice(&head[2..head.len() - 1]);
+        huge.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]);
+        assert!(matches!(decode_within(&huge, 20_000), Err(MessageError::Malformed(_))));
     }
 
     proptest! {

@@ -316,6 +316,13 @@ fn an_oversized_peer_body_is_refused_before_it_is_read() {
     let body = vec![0u8; 70_000];
     let r = post_signed(&n, &fake, &nonce(1), &body);
     assert_eq!(r.status, 413, "{}", r.text());
+    // A frame whose record list claims more than max_incoming_records: refused at its length prefix.
+    let from = NodeId::parse(&fake).unwrap();
+    let empty = encode(&from, &PeerMessage::Delta { records: Vec::new() });
+    let mut frame = empty[..empty.len() - 1].to_vec();
+    frame.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]); // a billion, as a varint
+    let r = post_signed(&n, &fake, &nonce(2), &frames_body(&[frame]));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("bad_frame")), "{}", r.text());
     assert_eq!(n.get("/health/ready").status, 200);
 }
 

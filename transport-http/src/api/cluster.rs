@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hyper::{Response, StatusCode};
-use muster_core::message::decode;
+use muster_core::message::decode_within;
 use muster_core::{NodeId, PeerState, Timestamp};
 use serde::Serialize;
 
@@ -66,8 +66,11 @@ pub(super) fn messages(
     state.metrics.sync_bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
     let frames = split_frames(body).map_err(refuse)?;
     let mut inputs = Vec::with_capacity(frames.len());
+    // Record and beat lists longer than the core accepts are refused at
+    // their length prefix, before anything behind it is decoded.
+    let max_items = state.settings.core.limits.max_incoming_records.max(muster_core::BUCKETS);
     for frame in frames {
-        let (from, msg) = decode(frame).map_err(|e| refuse(e.to_string()))?;
+        let (from, msg) = decode_within(frame, max_items).map_err(|e| refuse(e.to_string()))?;
         if &from != signer {
             return Err(refuse(format!(
                 "a frame says it is from {:?} but the request is signed by {signer}",
