@@ -452,7 +452,7 @@ fn unacked_pushes_are_resent_a_bounded_number_of_times_and_limits_refuse_subscri
 fn pushes_past_the_packet_limit_are_skipped_and_idle_subscribers_forgotten() {
     let node = common::single(
         "nacos-push-size",
-        &["--nacos-push-max-packet-bytes", "512", "--nacos-push-subscriber-ttl-ms", "600"],
+        &["--nacos-push-max-packet-bytes", "512", "--nacos-push-subscriber-ttl-ms", "1500"],
     );
     let sock = silent_subscriber(&node, "big");
     // Hex digits of a pseudo-random sequence: gzip cannot squeeze them under the limit.
