@@ -150,13 +150,16 @@ impl Push {
     }
 
     /// Subscribes `addr` to the service (or refreshes its subscription);
-    /// false when a limit refuses it.
+    /// false when a limit refuses it. `served` is the checksum of the view
+    /// the subscriber was just answered with: any other view is pushed, also
+    /// one that changed before the service's watch task began.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         key: &ServiceKey,
         addr: SocketAddr,
         clusters_raw: &str,
         clusters: &[Name],
+        served: Checksum,
     ) -> bool {
         let now = Instant::now();
         let mut subs = self.subs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -182,7 +185,7 @@ impl Push {
         *total += 1;
         self.stats.subscribers.store(*total, Ordering::Relaxed);
         if new_service {
-            tokio::spawn(Arc::clone(self).watch(key.clone()));
+            tokio::spawn(Arc::clone(self).watch(key.clone(), served));
         }
         true
     }
@@ -217,7 +220,7 @@ impl Push {
 
     /// Waits for changes of one service and pushes them, until it has no
     /// subscriber left.
-    async fn watch(self: Arc<Self>, key: ServiceKey) {
+    async fn watch(self: Arc<Self>, key: ServiceKey, served: Checksum) {
         let mut views = match self.snapshots.subscribe(&key) {
             Some(rx) => Some(rx),
             None => match self.driver.load_view(key.clone(), true).await {
@@ -229,7 +232,14 @@ impl Push {
             self.forget_service(&key);
             return;
         };
-        let mut last: Checksum = views.borrow_and_update().view.select(&Selector::default()).checksum();
+        // The view may have changed between the answer and this task's start.
+        let mut last = served;
+        let current = Arc::clone(&views.borrow_and_update().view);
+        let checksum = current.select(&Selector::default()).checksum();
+        if checksum != last {
+            last = checksum;
+            self.push_view(&key, &current);
+        }
         let period = (self.settings.subscriber_ttl / 2).max(Duration::from_millis(100));
         let mut sweep = tokio::time::interval_at(Instant::now() + period, period);
         loop {

@@ -366,7 +366,8 @@ async fn list(state: &AppState, p: &Params, peer: SocketAddr) -> Result<Response
     let mut subscribed = false;
     if let (Some(push), Ok(port @ 1..)) = (&state.nacos.push, u16::try_from(udp_port)) {
         let addr = SocketAddr::new(client_ip.unwrap_or(peer.ip()), port);
-        subscribed = push.subscribe(&key, addr, clusters_raw, &clusters);
+        let served = published.view.select(&Selector::default()).checksum();
+        subscribed = push.subscribe(&key, addr, clusters_raw, &clusters, served);
     }
     let cache_millis = if subscribed { PUSH_CACHE_MILLIS } else { CACHE_MILLIS };
     let answer = published.view.select(&Selector { clusters, healthy_only });
