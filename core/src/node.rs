@@ -1090,6 +1090,8 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
 
 mod durable;
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod grace_tests;
 #[cfg(test)]
 mod ordering_tests;

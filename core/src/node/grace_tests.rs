@@ -1,52 +1,9 @@
 //! Grace periods belong to the instances whose responsible node changed, not
 //! to the whole registry.
 
+use super::fixture::{Cut, cluster, pump};
 use super::*;
-use crate::config::Config;
 use crate::model::ServiceKey;
-
-fn id(s: &str) -> NodeId {
-    NodeId::parse(s).unwrap()
-}
-
-fn cluster(n: usize) -> Vec<Node> {
-    let ids: Vec<NodeId> = (1..=n).map(|i| id(&format!("n{i}:1"))).collect();
-    ids.iter()
-        .enumerate()
-        .map(|(i, me)| {
-            let mut c = Config::new(me.clone());
-            c.peers = ids.iter().filter(|p| *p != me).cloned().collect();
-            c.seed = i as u64;
-            c.wall_clock_ms = 1_700_000_000_000;
-            Node::new(c, Timestamp::ZERO).unwrap()
-        })
-        .collect()
-}
-
-type Cut = dyn Fn(Timestamp, &NodeId, &NodeId) -> bool;
-
-fn pump(nodes: &mut [Node], now: Timestamp, cut: &Cut) {
-    for _ in 0..100 {
-        let mut moved = false;
-        for i in 0..nodes.len() {
-            while let Some(t) = nodes[i].poll_transmit() {
-                moved = true;
-                let from = nodes[i].id().clone();
-                if cut(now, &from, &t.to) {
-                    continue;
-                }
-                if let Some(dst) = nodes.iter_mut().find(|n| *n.id() == t.to) {
-                    let _ = dst.handle_message(now, &from, t.msg);
-                }
-            }
-            while nodes[i].poll_event().is_some() {}
-        }
-        if !moved {
-            return;
-        }
-    }
-    panic!("the nodes did not go quiet");
-}
 
 fn run(nodes: &mut [Node], until: Timestamp, cut: &Cut) {
     while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {

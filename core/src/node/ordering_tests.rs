@@ -1,26 +1,13 @@
 //! The order of client writes across nodes: an acknowledged write is never
 //! lost to an older one.
 
+use super::fixture::{self, cluster, id};
 use super::*;
 use crate::config::Config;
 use crate::model::ServiceKey;
 
-fn id(s: &str) -> NodeId {
-    NodeId::parse(s).unwrap()
-}
-
 fn pair() -> Vec<Node> {
-    let ids = [id("n1:1"), id("n2:1")];
-    ids.iter()
-        .enumerate()
-        .map(|(i, me)| {
-            let mut c = Config::new(me.clone());
-            c.peers = ids.iter().filter(|p| *p != me).cloned().collect();
-            c.seed = i as u64;
-            c.wall_clock_ms = 1_700_000_000_000;
-            Node::new(c, Timestamp::ZERO).unwrap()
-        })
-        .collect()
+    cluster(2)
 }
 
 fn key() -> InstanceKey {
@@ -29,23 +16,7 @@ fn key() -> InstanceKey {
 
 /// Delivers every queued message until quiet.
 fn pump(nodes: &mut [Node], now: Timestamp) {
-    for _ in 0..100 {
-        let mut moved = false;
-        for i in 0..nodes.len() {
-            while let Some(t) = nodes[i].poll_transmit() {
-                moved = true;
-                let from = nodes[i].id().clone();
-                if let Some(dst) = nodes.iter_mut().find(|n| *n.id() == t.to) {
-                    let _ = dst.handle_message(now, &from, t.msg);
-                }
-            }
-            while nodes[i].poll_event().is_some() {}
-        }
-        if !moved {
-            return;
-        }
-    }
-    panic!("the nodes did not go quiet");
+    fixture::pump(nodes, now, &|_, _, _| false);
 }
 
 fn run(nodes: &mut [Node], until: Timestamp) {

@@ -2,30 +2,17 @@
 //! settle in a bounded number of rounds, with bytes proportional to the
 //! difference.
 
+use super::fixture::cluster_with;
 use super::*;
-use crate::config::Config;
 use crate::message::encode;
 use crate::model::ServiceKey;
 
-fn id(s: &str) -> NodeId {
-    NodeId::parse(s).unwrap()
-}
-
 fn pair() -> Vec<Node> {
-    let ids = [id("n1:1"), id("n2:1")];
-    ids.iter()
-        .enumerate()
-        .map(|(i, me)| {
-            let mut c = Config::new(me.clone());
-            c.peers = ids.iter().filter(|p| *p != me).cloned().collect();
-            c.seed = i as u64;
-            c.wall_clock_ms = 1_700_000_000_000;
-            c.limits.max_instances = 200_000;
-            c.limits.max_instances_per_service = 200_000;
-            c.limits.max_pending_checks = 200_000;
-            Node::new(c, Timestamp::ZERO).unwrap()
-        })
-        .collect()
+    cluster_with(2, |c| {
+        c.limits.max_instances = 200_000;
+        c.limits.max_instances_per_service = 200_000;
+        c.limits.max_pending_checks = 200_000;
+    })
 }
 
 /// A persistent instance (no expiry by silence, so the store stays put).

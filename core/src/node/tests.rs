@@ -11,6 +11,8 @@ use crate::lease::{META_REMOVE_AFTER, META_UNHEALTHY_AFTER};
 use crate::model::{Name, ServiceKey};
 use crate::view::Checksum;
 
+use super::fixture::cluster;
+
 fn id(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
 }
@@ -554,20 +556,6 @@ fn time_going_backwards_is_clamped() {
 }
 
 // ---- several nodes, wired by hand ---------------------------------------
-
-fn cluster(n: usize) -> Vec<Node> {
-    let ids: Vec<NodeId> = (1..=n).map(|i| id(&format!("n{i}:1"))).collect();
-    ids.iter()
-        .enumerate()
-        .map(|(i, me)| {
-            let mut c = Config::new(me.clone());
-            c.peers = ids.iter().filter(|p| *p != me).cloned().collect();
-            c.seed = i as u64;
-            c.wall_clock_ms = 1_700_000_000_000;
-            Node::new(c, Timestamp::ZERO).unwrap()
-        })
-        .collect()
-}
 
 /// Delivers every queued message at once until the cluster is quiet, dropping
 /// messages for which `drop` says so.
