@@ -35,7 +35,7 @@ pub mod view;
 pub use server_nodes::{membership, responsibility};
 
 pub use config::{BrakeConfig, Config, Limits, Timings};
-pub use error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
+pub use error::{ConfigError, Field, InvalidInput, MessageError, RecordRejection, RequestError};
 pub use history::{ChangeCause, ChangeKind, InstanceChange};
 pub use membership::{MemberView, PeerState, Transition};
 pub use message::{ForwardedBeat, PROTOCOL_VERSION, PeerMessage};

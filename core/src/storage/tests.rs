@@ -268,9 +268,9 @@ fn the_instance_and_service_limits_refuse_new_entries() {
     let svc = s.service_entry(&service("orders")).unwrap();
     let third = key("orders", 3);
     let err = s.insert_instance(svc, &third, third.stable_hash(), version(3), Timestamp::ZERO).unwrap_err();
-    assert!(matches!(err, RequestError::LimitExceeded { what: "max_instances", limit: 2 }), "{err:?}");
+    assert_eq!(err, Full { what: "max_instances", limit: 2 });
     let err = s.service_entry(&service("billing")).unwrap_err();
-    assert!(matches!(err, RequestError::LimitExceeded { what: "max_services", limit: 1 }), "{err:?}");
+    assert_eq!(err, Full { what: "max_services", limit: 1 });
     s.check_invariants();
     assert_eq!(s.counts.instances, 2);
 }
