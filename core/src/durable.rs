@@ -93,7 +93,7 @@ pub struct LoadReport {
     pub expired: Vec<RecordKey>,
     /// Stored records the node refused (a limit, invalid content), with why.
     /// They stay on disk; the log names them.
-    pub rejected: Vec<(RecordKey, String)>,
+    pub rejected: Vec<(RecordKey, crate::error::RecordRejection)>,
 }
 
 /// Why stored bytes could not be decoded. Nothing was loaded from them.

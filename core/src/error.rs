@@ -170,7 +170,7 @@ pub enum MessageError {
         /// How many were refused.
         rejected: usize,
         /// Why the first was refused.
-        first: String,
+        first: RecordRejection,
     },
 }
 
@@ -188,5 +188,55 @@ impl ConfigError {
     /// An error about the configuration key `field`.
     pub fn new(field: &'static str, message: impl Into<String>) -> ConfigError {
         ConfigError { field, message: message.into() }
+    }
+}
+
+/// Why one record from a peer (or from the node's own store) was refused.
+/// Nothing was changed for it; the other records of its message were
+/// merged.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecordRejection {
+    /// Its version, or the time of its removal, is further ahead of this
+    /// node's wall clock than `max_clock_skew`: one of the two clocks is
+    /// wrong.
+    #[error(
+        "version {version:?} is further ahead of this node's clock than max_clock_skew; check both nodes' clocks"
+    )]
+    AheadOfClock {
+        /// The record's version.
+        version: crate::record::Version,
+    },
+    /// A value in it is invalid (weight, protect threshold, metadata).
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// Storing it would pass a configured limit of this node.
+    #[error("{what} limit of {limit} reached; raise it in the configuration or remove entries")]
+    LimitExceeded {
+        /// The limit's name, as in the configuration.
+        what: &'static str,
+        /// Its configured value.
+        limit: usize,
+    },
+}
+
+/// The Storage is full: a new entry would pass `what` (an internal error
+/// that becomes [`RequestError::LimitExceeded`] for a client and
+/// [`RecordRejection::LimitExceeded`] for a peer's record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Full {
+    pub(crate) what: &'static str,
+    pub(crate) limit: usize,
+}
+
+impl From<Full> for RequestError {
+    fn from(f: Full) -> RequestError {
+        RequestError::LimitExceeded { what: f.what, limit: f.limit }
+    }
+}
+
+impl From<Full> for RecordRejection {
+    fn from(f: Full) -> RecordRejection {
+        RecordRejection::LimitExceeded { what: f.what, limit: f.limit }
     }
 }

@@ -6,6 +6,14 @@
 //! or watchers leaves through `poll_*` methods that the driver drains. The
 //! same core runs in production under the HTTP transport (tokio, real
 //! clock) and in the simulator (virtual clock, in-memory network).
+//!
+//! [`Node`] owns the four managers of the design, each a module with the
+//! same `handle_*/poll_*` shape, and drains them after every input: the
+//! Service Manager (`service_manager`: operations, leases, brake, health,
+//! merge), the Storage it writes through (`storage`: slabs, indexes,
+//! timers, digest, durable output), the Sync Manager (`sync`: deltas,
+//! forwarded beats, anti-entropy, snapshot loading) and the Server Node
+//! Manager (`server_nodes`: [`membership`], [`responsibility`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -35,7 +43,7 @@ pub mod view;
 pub use server_nodes::{membership, responsibility};
 
 pub use config::{BrakeConfig, Config, Limits, Timings};
-pub use error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
+pub use error::{ConfigError, Field, InvalidInput, MessageError, RecordRejection, RequestError};
 pub use history::{ChangeCause, ChangeKind, InstanceChange};
 pub use membership::{MemberView, PeerState, Transition};
 pub use message::{ForwardedBeat, PROTOCOL_VERSION, PeerMessage};

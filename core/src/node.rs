@@ -156,7 +156,6 @@ pub struct Node {
     sync: SyncManager,
     tick_at: Timestamp,
     last_tick: Timestamp,
-    ping_nonce: u64,
     brake_engaged: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -187,7 +186,6 @@ impl Node {
             sync,
             tick_at: now,
             last_tick: now,
-            ping_nonce: 0,
             brake_engaged: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -536,7 +534,8 @@ impl Node {
 
     fn dispatch(&mut self, now: Timestamp, from: &NodeId, msg: PeerMessage) -> Result<(), MessageError> {
         if let PeerMessage::Ping { nonce } = msg {
-            self.transmit(from.clone(), PeerMessage::Ack { nonce });
+            self.members.handle_ping(from, nonce);
+            self.drain_members();
             return Ok(());
         }
         let result = self.sync.handle_message(now, from, msg, &mut self.registry, &self.members);
@@ -592,11 +591,8 @@ impl Node {
         for transition in self.members.tick(now) {
             self.peer_transition(now, transition);
         }
-        let peers: Vec<NodeId> = self.members.peer_ids().cloned().collect();
-        for peer in peers {
-            self.ping_nonce = self.ping_nonce.wrapping_add(1);
-            self.transmit(peer, PeerMessage::Ping { nonce: self.ping_nonce });
-        }
+        // The pings of this tick go after whatever the transitions caused.
+        self.drain_members();
     }
 
     fn peer_transition(&mut self, now: Timestamp, t: Transition) {
@@ -663,6 +659,14 @@ impl Node {
         }
         while let Some(e) = self.sync.poll_event() {
             self.push_event(e);
+        }
+    }
+
+    /// Moves the Server Node Manager's pings and acks into the transmit
+    /// queue.
+    fn drain_members(&mut self) {
+        while let Some(t) = self.members.poll_transmit() {
+            self.transmit(t.to, t.msg);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The Server Node Manager: cluster members and their health.
 //!
-//! Every node pings every peer each `ping_interval`; any message from a peer
+//! Every node pings every peer each `ping_interval` (`tick`, whose pings and
+//! the acks of `handle_ping` leave through `poll_transmit`); any message from a peer
 //! (a ping, an ack, a delta) counts as hearing from it. A peer silent for
 //! `suspect_after` is suspect, for `down_after` down, and up again on the
 //! next message. Suspect peers keep their responsibility (a short hiccup
@@ -8,13 +9,15 @@
 //! configuration); the member map is keyed by id so that joins can be added
 //! without changing its users.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::config::Timings;
+use crate::message::PeerMessage;
 use crate::model::NodeId;
+use crate::node::Transmit;
 use crate::responsibility::Responsibility;
 use crate::time::Timestamp;
 
@@ -84,6 +87,9 @@ pub(crate) struct Membership {
     suspect_after: std::time::Duration,
     down_after: std::time::Duration,
     started: Timestamp,
+    ping_nonce: u64,
+    /// Pings and acks for the node to send (drained after every call).
+    transmits: VecDeque<Transmit>,
 }
 
 impl Membership {
@@ -98,15 +104,13 @@ impl Membership {
             suspect_after: timings.suspect_after,
             down_after: timings.down_after,
             started: now,
+            ping_nonce: 0,
+            transmits: VecDeque::new(),
         }
     }
 
     pub(crate) fn is_member(&self, id: &NodeId) -> bool {
         self.peers.contains_key(id)
-    }
-
-    pub(crate) fn peer_ids(&self) -> impl Iterator<Item = &NodeId> {
-        self.peers.keys()
     }
 
     pub(crate) fn peer_count(&self) -> usize {
@@ -141,7 +145,19 @@ impl Membership {
         Some(Transition { peer: id.clone(), from, to: PeerState::Up })
     }
 
-    /// Ages every peer by silence; returns the transitions.
+    /// A peer's ping: answered with its nonce.
+    pub(crate) fn handle_ping(&mut self, from: &NodeId, nonce: u64) {
+        self.transmits.push_back(Transmit { to: from.clone(), msg: PeerMessage::Ack { nonce } });
+    }
+
+    /// The next ping or ack to send. The node drains these after every call.
+    #[must_use]
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Ages every peer by silence and pings every peer (`poll_transmit`);
+    /// returns the transitions.
     pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Transition> {
         let mut out = Vec::new();
         for (id, p) in &mut self.peers {
@@ -159,6 +175,11 @@ impl Membership {
                 p.state = to;
                 p.since = now;
             }
+        }
+        for id in self.peers.keys() {
+            self.ping_nonce = self.ping_nonce.wrapping_add(1);
+            self.transmits
+                .push_back(Transmit { to: id.clone(), msg: PeerMessage::Ping { nonce: self.ping_nonce } });
         }
         out
     }
@@ -203,6 +224,21 @@ mod tests {
 
     fn members() -> Membership {
         Membership::new(id("a:1"), &[id("b:1"), id("c:1")], &Timings::default(), Timestamp::ZERO)
+    }
+
+    #[test]
+    fn a_tick_pings_every_peer_and_a_ping_is_answered_with_its_nonce() {
+        let mut m = members();
+        let _ = m.tick(Timestamp::from_millis(1000));
+        let pings: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        let to: Vec<&str> = pings.iter().map(|t| t.to.as_str()).collect();
+        assert_eq!(to, ["b:1", "c:1"]);
+        assert!(matches!(pings[0].msg, PeerMessage::Ping { nonce: 1 }));
+        assert!(matches!(pings[1].msg, PeerMessage::Ping { nonce: 2 }));
+        m.handle_ping(&id("c:1"), 7);
+        let ack = m.poll_transmit().unwrap();
+        assert_eq!((ack.to, ack.msg), (id("c:1"), PeerMessage::Ack { nonce: 7 }));
+        assert_eq!(m.poll_transmit(), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::error::RecordRejection;
 use crate::history::ChangeCause;
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
 use crate::record::{
@@ -37,7 +38,7 @@ pub(crate) enum MergeOutcome {
     /// instance this node hears from; a newer healthy version was issued.
     Refuted { key: InstanceKey, age: Duration },
     /// The record was refused; nothing changed.
-    Rejected(String),
+    Rejected(RecordRejection),
 }
 
 impl ServiceManager {
@@ -63,7 +64,7 @@ impl ServiceManager {
         outcome
     }
 
-    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), String> {
+    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), RecordRejection> {
         let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
         let removed_at = match record {
             Record::Instance { state, .. } => state.removed_at_ms(),
@@ -71,20 +72,17 @@ impl ServiceManager {
             Record::Service { .. } => None,
         };
         if record.version().physical_ms() > limit || removed_at.is_some_and(|at| at > limit) {
-            return Err(format!(
-                "version {:?} is further ahead of this node's clock than max_clock_skew",
-                record.version()
-            ));
+            return Err(RecordRejection::AheadOfClock { version: record.version().clone() });
         }
         let metadata_limits = self.limits.metadata();
         match record {
             Record::Instance { state: InstanceState::Live(d), .. } => {
-                parse_weight(d.weight).map_err(|e| e.to_string())?;
-                d.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+                parse_weight(d.weight)?;
+                Ok(d.metadata.check(&metadata_limits)?)
             }
             Record::Service { state: ServiceState::Live(m), .. } => {
-                parse_protect_threshold(m.protect_threshold).map_err(|e| e.to_string())?;
-                m.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+                parse_protect_threshold(m.protect_threshold)?;
+                Ok(m.metadata.check(&metadata_limits)?)
             }
             _ => Ok(()),
         }
@@ -108,7 +106,7 @@ impl ServiceManager {
                 .and_then(|s| self.store.insert_instance(s, &key, hash, version.clone(), now));
             let index = match inserted {
                 Ok(i) => i,
-                Err(e) => return MergeOutcome::Rejected(e.to_string()),
+                Err(e) => return MergeOutcome::Rejected(e.into()),
             };
             self.set_instance(index, version, state, now, false);
             return MergeOutcome::Applied;
@@ -210,7 +208,7 @@ impl ServiceManager {
         }
         let index = match self.store.service_entry(key) {
             Ok(i) => i,
-            Err(e) => return MergeOutcome::Rejected(e.to_string()),
+            Err(e) => return MergeOutcome::Rejected(e.into()),
         };
         self.set_service_record(index, version, state, now, false);
         MergeOutcome::Applied

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use crate::config::{Limits, Timings};
-use crate::error::RequestError;
+use crate::error::Full;
 use crate::lease::{CompactLease, Lease};
 use crate::model::{Host, InstanceData, InstanceKey, Name, ServiceKey};
 use crate::record::{
@@ -296,20 +296,17 @@ impl Storage {
     }
 
     /// The service entry for `key`, created (implicit) if absent.
-    pub(crate) fn service_entry(&mut self, key: &ServiceKey) -> Result<u32, RequestError> {
+    pub(crate) fn service_entry(&mut self, key: &ServiceKey) -> Result<u32, Full> {
         self.service_entry_hashed(key.stable_hash(), key)
     }
 
     /// Like `service_entry`, with the key's stable hash already computed.
-    pub(crate) fn service_entry_hashed(&mut self, hash: u64, key: &ServiceKey) -> Result<u32, RequestError> {
+    pub(crate) fn service_entry_hashed(&mut self, hash: u64, key: &ServiceKey) -> Result<u32, Full> {
         if let Some(i) = self.find_service_hashed(hash, key) {
             return Ok(i);
         }
         if self.services.len() >= self.limits.max_services {
-            return Err(RequestError::LimitExceeded {
-                what: "max_services",
-                limit: self.limits.max_services,
-            });
+            return Err(Full { what: "max_services", limit: self.limits.max_services });
         }
         let entry = ServiceEntry {
             key: key.clone(),
@@ -326,7 +323,7 @@ impl Storage {
         let handle = self
             .services
             .insert(entry)
-            .ok_or(RequestError::LimitExceeded { what: "max_services", limit: self.limits.max_services })?;
+            .ok_or(Full { what: "max_services", limit: self.limits.max_services })?;
         let services = &self.services;
         self.service_index.insert_unique(hash, handle.index, |&i| services.get(i).map_or(0, |s| s.hash));
         Ok(handle.index)
@@ -441,8 +438,8 @@ impl Storage {
         hash: u64,
         version: Version,
         now: Timestamp,
-    ) -> Result<u32, RequestError> {
-        let full = || RequestError::LimitExceeded { what: "max_instances", limit: self.limits.max_instances };
+    ) -> Result<u32, Full> {
+        let full = || Full { what: "max_instances", limit: self.limits.max_instances };
         if self.instances.len() >= self.limits.max_instances {
             return Err(full());
         }

@@ -268,9 +268,65 @@ fn the_instance_and_service_limits_refuse_new_entries() {
     let svc = s.service_entry(&service("orders")).unwrap();
     let third = key("orders", 3);
     let err = s.insert_instance(svc, &third, third.stable_hash(), version(3), Timestamp::ZERO).unwrap_err();
-    assert!(matches!(err, RequestError::LimitExceeded { what: "max_instances", limit: 2 }), "{err:?}");
+    assert_eq!(err, Full { what: "max_instances", limit: 2 });
     let err = s.service_entry(&service("billing")).unwrap_err();
-    assert!(matches!(err, RequestError::LimitExceeded { what: "max_services", limit: 1 }), "{err:?}");
+    assert_eq!(err, Full { what: "max_services", limit: 1 });
     s.check_invariants();
     assert_eq!(s.counts.instances, 2);
+}
+
+#[test]
+#[should_panic(expected = "incremental digest equals recomputed digest")]
+fn the_structural_check_catches_a_digest_that_drifted_from_the_records() {
+    let mut s = store();
+    let k = key("orders", 1);
+    put(&mut s, &k, 1, live(true, true), true);
+    // A writer that forgot to toggle the digest would leave it like this.
+    s.digest.toggle(k.stable_hash(), 1);
+    s.check_invariants();
+}
+
+#[test]
+#[should_panic(expected = "no stray timer entries")]
+fn the_structural_check_catches_a_timer_entry_without_its_instance() {
+    let mut s = store();
+    let i = put(&mut s, &key("orders", 1), 1, live(true, true), true);
+    // An entry the instance does not know of (a re-arm that forgot the old one).
+    s.timers.insert((Timestamp::from_millis(5), TimerRef::Instance(i)));
+    s.arm_instance(i, Timestamp::from_millis(9));
+    s.check_invariants();
+}
+
+#[test]
+fn a_hundred_thousand_instances_stay_exact_through_writes_and_purges() {
+    let mut s = Storage::new(Limits { max_instances: 200_000, ..Limits::default() }, &Timings::default());
+    let empty = s.digest().clone();
+    let keys: Vec<InstanceKey> = (0..100_000)
+        .map(|n| {
+            InstanceKey::parse(service(&format!("svc-{}", n % 100)), None, "10.0.0.1", n / 100 + 1).unwrap()
+        })
+        .collect();
+    for (n, k) in keys.iter().enumerate() {
+        let svc = s.service_entry(&k.service).unwrap();
+        let i = s.insert_instance(svc, k, k.stable_hash(), version(n as u64), Timestamp::ZERO).unwrap();
+        s.write_instance(i, version(n as u64), live(n % 3 != 0, true), None, false).unwrap();
+    }
+    s.check_invariants();
+    assert_eq!(s.counts.instances, 100_000);
+    assert_eq!(s.counts.healthy_instances, 66_666);
+    assert_eq!(s.visible_services(), 100);
+    for k in keys.iter().step_by(2) {
+        let i = s.find_instance(k).unwrap();
+        s.purge_instance(i);
+    }
+    s.check_invariants();
+    assert_eq!(s.counts.instances, 50_000);
+    assert_eq!(s.snapshot_page(0, 100_000).0.len(), 50_000);
+    for k in keys.iter().skip(1).step_by(2) {
+        let i = s.find_instance(k).unwrap();
+        s.purge_instance(i);
+    }
+    s.check_invariants();
+    assert_eq!(s.digest(), &empty, "nothing held: the digest is the empty one again");
+    assert!(s.service_keys().is_empty());
 }

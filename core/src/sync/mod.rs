@@ -413,3 +413,6 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
     let spread = ms / 10;
     Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //! responsibility and refutation, and the refusal of bad peer messages.
 
 use super::*;
+use crate::error::RecordRejection;
 use crate::record::Version;
 
 /// Delivers every queued message at once until the cluster is quiet, dropping
@@ -279,8 +280,50 @@ fn records_from_the_far_future_are_refused() {
     };
     let err =
         nodes[0].handle_message(at(20), &peer, PeerMessage::Delta { records: vec![record] }).unwrap_err();
-    assert!(matches!(err, MessageError::RecordsRejected { rejected: 1, .. }));
+    let MessageError::RecordsRejected { rejected: 1, first } = err else { panic!("{err:?}") };
+    assert!(matches!(first, RecordRejection::AheadOfClock { .. }), "{first:?}");
     assert!(nodes[0].records().is_empty());
+}
+
+#[test]
+fn records_refused_by_a_peer_say_why_as_typed_errors_and_the_valid_ones_merge() {
+    let mut config = Config::new(id("n0:1"));
+    config.peers = vec![id("n1:1")];
+    config.limits.max_instances = 1;
+    config.wall_clock_ms = 1_700_000_000_000;
+    let mut node = Node::new(config, at(0)).unwrap();
+    let peer = id("n1:1");
+    let _ =
+        node.handle_message(at(0), &peer, PeerMessage::Snapshot { records: vec![], next: None, ready: true });
+    assert!(node.is_ready());
+    let version = |c: u64| Version::client((1_700_000_000_000u64 << 16) + c, peer.clone());
+    let instance = |port: i64, weight: f64| Record::Instance {
+        key: key("orders", "10.0.0.1", port),
+        version: version(port as u64),
+        state: crate::record::InstanceState::Live(crate::model::InstanceData {
+            weight,
+            healthy: true,
+            enabled: true,
+            ephemeral: true,
+            metadata: Default::default(),
+        }),
+    };
+    // A weight out of range: refused as invalid, naming the field.
+    let records = vec![instance(1, -1.0), instance(2, 1.0), instance(3, 1.0)];
+    let err = node.handle_message(at(10), &peer, PeerMessage::Delta { records }).unwrap_err();
+    let MessageError::RecordsRejected { rejected, first } = err else { panic!("{err:?}") };
+    assert_eq!(rejected, 2, "the bad weight and the instance over max_instances");
+    let RecordRejection::Invalid(invalid) = first else { panic!("{first:?}") };
+    assert_eq!(invalid.field, crate::error::Field::Weight);
+    assert_eq!(node.live_instances().len(), 1, "the valid record merged");
+    // Over the limit alone: refused as a limit, named as in the configuration.
+    let err = node
+        .handle_message(at(20), &peer, PeerMessage::Delta { records: vec![instance(4, 1.0)] })
+        .unwrap_err();
+    let MessageError::RecordsRejected { rejected: 1, first } = err else { panic!("{err:?}") };
+    assert_eq!(first, RecordRejection::LimitExceeded { what: "max_instances", limit: 1 });
+    assert_eq!(node.stats().registry.rejected, 3);
+    node.check_invariants();
 }
 
 #[test]
