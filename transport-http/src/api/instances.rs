@@ -37,6 +37,7 @@ pub(super) async fn register(
                 healthy: o.bool("healthy")?,
                 ephemeral: o.bool("ephemeral")?,
                 metadata: o.string_map("metadata")?.unwrap_or_default(),
+                health_reported: false,
             }
         }
     };
@@ -61,15 +62,12 @@ pub(super) async fn register(
 }
 
 /// Refusals and normalisations the generic and fast paths share: `-0.0`
-/// weights become `0`; `healthy: false` for an ephemeral instance is refused
-/// as on PATCH (its health comes from heartbeats); a persistent instance that
-/// would need an active check the node does not run (`probe.rs`) is refused.
+/// weights become `0`; a persistent instance that would need an active check
+/// the node does not run (`probe.rs`) is refused. (`healthy: false` for an
+/// ephemeral instance is refused by the core, as on PATCH.)
 fn check_registration(state: &AppState, req: &mut RegisterRequest) -> Result<(), ApiError> {
     req.weight = req.weight.map(normalise_weight);
     let ephemeral = req.ephemeral.unwrap_or(true);
-    if ephemeral && req.healthy == Some(false) {
-        return Err(ApiError::invalid("healthy", EPHEMERAL_HEALTH));
-    }
     let check = req.metadata.get(META_HEALTH_CHECK).map(String::as_str);
     if let Some((field, message)) = crate::probe::refusal(&state.settings.http, &req.key.ip, ephemeral, check)
     {
@@ -77,10 +75,6 @@ fn check_registration(state: &AppState, req: &mut RegisterRequest) -> Result<(),
     }
     Ok(())
 }
-
-/// The message of a refused `healthy` on an ephemeral instance.
-const EPHEMERAL_HEALTH: &str =
-    "ephemeral instances take their health from heartbeats; only persistent ones accept it";
 
 /// `-0.0` is `0`: one weight, one checksum.
 fn normalise_weight(w: f64) -> f64 {
