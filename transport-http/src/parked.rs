@@ -67,6 +67,9 @@ pub(crate) async fn connection(
             HeadRead::Complete | HeadRead::Other => break,
         }
         let Some(watch) = take_watch(&state, &buf) else { break };
+        // Kept only in case hyper must answer it after all: the head's own
+        // bytes, not the read buffer, stay while the watch waits.
+        buf.shrink_to_fit();
         match serve_watch(&state, &stream, peer, watch).await {
             Ok(Served::Again) => buf = Vec::new(),
             Ok(Served::Handover) => break,
@@ -382,6 +385,10 @@ impl Read for Rewind {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Frees the read buffer it came from.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

@@ -572,3 +572,72 @@ fn parked_watches_keep_their_connection_hand_other_requests_to_the_full_server_a
     });
     assert!(common::requests(&n, "query_instances") >= 4);
 }
+
+/// Peak resident memory of a process, KiB (Linux `/proc`).
+fn hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One signed request of one `Delta` frame of `records` instances, each
+/// with about 7.6 KB of metadata (under the 8 KiB default), as `from`.
+fn large_delta(from: &str, records: usize) -> Vec<u8> {
+    let sender = NodeId::parse(from).unwrap();
+    let value = "v".repeat(1_900);
+    let mut metadata: std::collections::BTreeMap<String, String> =
+        (0..4).map(|i| (format!("k{i}"), value.clone())).collect();
+    // Persistent and unchecked: nothing expires or probes them meanwhile.
+    metadata.insert("muster.health_check".to_owned(), "none".to_owned());
+    let records = (0..records)
+        .map(|i| {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let key =
+                InstanceKey::parse(ServiceKey::parse(None, None, "big").unwrap(), None, &ip, 8080).unwrap();
+            let data = InstanceData {
+                weight: 1.0,
+                healthy: true,
+                enabled: true,
+                ephemeral: false,
+                metadata: Metadata::from_map(metadata.clone()).unwrap(),
+            };
+            let version = Version::client((common::unix_ms() << 16) + i as u64, sender.clone());
+            Record::Instance { key, version, state: InstanceState::Live(data) }
+        })
+        .collect();
+    frames_body(&[encode(&sender, &PeerMessage::Delta { records })])
+}
+
+#[test]
+fn one_peer_frame_at_the_body_limit_peaks_at_a_small_multiple_of_its_size() {
+    // The default limit, 32 MiB: a frame just under it, then one just over it.
+    let (n, fake) = node_with_fake_peer("peer-large-frame", &["--max-instances-per-service", "10000"]);
+    let pid = n.pid().unwrap();
+    let body = large_delta(&fake, 4_300);
+    assert!(body.len() < 32 << 20 && body.len() > 30 << 20, "{} bytes", body.len());
+    let Some(before) = hwm_kib(pid) else { return };
+    let r = post_signed(&n, &fake, &nonce(1), &body);
+    assert_eq!(r.status, 204, "{}", r.text());
+    common::wait_until(Duration::from_secs(20), "the frame's instances", || {
+        common::count(&n, "big") == 4_300
+    });
+    let peak = hwm_kib(pid).unwrap();
+    let ratio = (peak.saturating_sub(before) * 1024) as f64 / body.len() as f64;
+    eprintln!(
+        "one frame of {} bytes: VmHWM {before} -> {peak} KiB (+{:.1} MiB, {ratio:.2}x the frame)",
+        body.len(),
+        (peak - before) as f64 / 1024.0
+    );
+    assert!(ratio < 8.0, "peak grew {ratio:.2}x the frame");
+    // One over the limit is refused from its content-length (413, or the
+    // connection closed before the body was read) and changes nothing.
+    let over = large_delta(&fake, 4_500);
+    assert!(over.len() > 32 << 20);
+    let headers = common::peer_headers(common::TEST_SECRET, &fake, common::unix_ms(), &nonce(2), &over);
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let timeout = Duration::from_secs(10);
+    if let Ok(r) = common::try_request(&n.addr, "POST", "/cluster/v1/messages", &h, Some(&over), timeout) {
+        assert_eq!(r.status, 413, "{}", r.text());
+    }
+    assert_eq!(n.get("/health/ready").status, 200);
+    assert_eq!(common::count(&n, "big"), 4_300);
+}
