@@ -5,7 +5,7 @@
 #   cargo build --release --bin muster --bin muster-bench
 #   BASE=/path/to/other/release benches/watch-scale.sh [ROUNDS] [CASE...]   # cases: one10k cross1k
 #
-# one10k: one node, 10,000 watchers, writes on the same node (--rate 2/s).
+# one10k: one node, 10,000 watchers, writes on the same node (RATE_10K per second, default 0.5).
 # cross1k: three nodes (one secret, one peer list), 1,000 watchers on C, writes on A (20/s).
 # Loopback only (ports PORT..PORT+2, default 18900); every run is bounded by --duration,
 # --timeout and --setup-timeout; every node is stopped by its pid when its run ends.
@@ -70,7 +70,7 @@ for round in $(seq "$ROUNDS"); do
                 start "$build" "$PORT"
                 a=$NODE_PID
                 bench "$build" "one10k-r$round" --server "127.0.0.1:$PORT" --server-pid "$a" \
-                    --concurrency 10000 --rate 2
+                    --concurrency 10000 --rate "${RATE_10K:-0.5}"
                 stop "$a" ;;
             cross1k)
                 secret="$OUT/muster.secret"
