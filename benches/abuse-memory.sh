@@ -4,7 +4,7 @@
 # connections, and prints the node's VmRSS before, with them, and after they close.
 #
 #   cargo build --release --bin muster
-#   benches/abuse-memory.sh [WATCHES] [SLOW_BODIES] [BYTES_EACH]   # defaults 5000 1000 60
+#   benches/abuse-memory.sh [WATCHES] [SLOW_BODIES] [BYTES_EACH] [WAVES]   # defaults 5000 1000 60 2
 #
 # Loopback only; bounded: watches wait 30 s at most, slow bodies send BYTES_EACH
 # bytes 50 ms apart; the node is stopped (by its pid) at the end.
@@ -14,6 +14,9 @@ BIN=${BIN:-target/release}
 WATCHES=${1:-5000}
 SLOW=${2:-1000}
 BYTES=${3:-60}
+# Waves of slow bodies, one after the other: a second wave that peaks no higher than the
+# first shows the memory kept after the first is reused, not leaked.
+WAVES=${4:-2}
 PORT=${PORT:-18848}
 # The body limits keep slow bodies open for the run; FLAGS= for a build without them.
 FLAGS=${FLAGS-"--body-min-bytes-per-s 0 --body-timeout-ms 10000"}
@@ -22,15 +25,15 @@ FLAGS=${FLAGS-"--body-min-bytes-per-s 0 --body-timeout-ms 10000"}
     > /dev/null 2>&1 < /dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
-python3 - "$PORT" "$PID" "$WATCHES" "$SLOW" "$BYTES" <<'PY'
+python3 - "$PORT" "$PID" "$WATCHES" "$SLOW" "$BYTES" "$WAVES" <<'PY'
 import json, socket, sys, time, urllib.request
-port, pid, watches, slow, nbytes = (int(a) for a in sys.argv[1:6])
+port, pid, watches, slow, nbytes, waves = (int(a) for a in sys.argv[1:7])
 base = f"http://127.0.0.1:{port}"
 def rss():
     for l in open(f"/proc/{pid}/status"):
         if l.startswith("VmRSS:"):
             return int(l.split()[1])
-for _ in range(100):
+for _ in range(600):
     try:
         urllib.request.urlopen(base + "/health/ready", timeout=1); break
     except Exception:
@@ -41,33 +44,35 @@ ck = json.load(urllib.request.urlopen(base + "/v1/instances?service=w"))["checks
 def connect():
     s = socket.create_connection(("127.0.0.1", port)); return s
 time.sleep(0.3)
-before = rss()
-req = f"GET /v1/instances?service=w&checksum={ck}&wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-conns = []
-for _ in range(watches):
-    s = connect(); s.sendall(req); conns.append(s)
-time.sleep(1.0)
-during = rss()
-print(f"idle watches: {watches}: VmRSS {before} -> {during} KiB: {(during - before) / watches:.1f} KiB per watch")
-for s in conns: s.close()
-time.sleep(1.0)
-after = rss()
-print(f"idle watches closed: VmRSS {after} KiB")
-before = rss()
-conns = []
-for _ in range(slow):
-    s = connect()
-    s.sendall(b"POST /v1/instances HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n"); conns.append(s)
-peak = before
-for _ in range(nbytes):
-    for s in conns:
-        try: s.sendall(b"x")
-        except OSError: pass
-    time.sleep(0.05)
-    peak = max(peak, rss())
-print(f"slow bodies: {slow} x {nbytes} one-byte writes: VmRSS {before} -> peak {peak} KiB: "
-      f"{(peak - before) / slow:.1f} KiB per connection")
-for s in conns: s.close()
-time.sleep(1.0)
-print(f"slow bodies closed: VmRSS {rss()} KiB")
+if watches:
+    before = rss()
+    req = f"GET /v1/instances?service=w&checksum={ck}&wait=30s HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    conns = []
+    for _ in range(watches):
+        s = connect(); s.sendall(req); conns.append(s)
+    time.sleep(1.0)
+    during = rss()
+    print(f"idle watches: {watches}: VmRSS {before} -> {during} KiB: {(during - before) / watches:.1f} KiB per watch")
+    for s in conns: s.close()
+    time.sleep(1.0)
+    after = rss()
+    print(f"idle watches closed: VmRSS {after} KiB")
+for wave in range(waves):
+    before = rss()
+    conns = []
+    for _ in range(slow):
+        s = connect()
+        s.sendall(b"POST /v1/instances HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n"); conns.append(s)
+    peak = before
+    for _ in range(nbytes):
+        for s in conns:
+            try: s.sendall(b"x")
+            except OSError: pass
+        time.sleep(0.05)
+        peak = max(peak, rss())
+    print(f"slow bodies (wave {wave + 1}): {slow} x {nbytes} one-byte writes: VmRSS {before} -> peak {peak} KiB: "
+          f"{(peak - before) / slow:.1f} KiB per connection")
+    for s in conns: s.close()
+    time.sleep(1.0)
+    print(f"slow bodies closed (wave {wave + 1}): VmRSS {rss()} KiB")
 PY

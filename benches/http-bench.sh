@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 OUT=${OUT:-target/http-bench}
+# The single-node cases' port (the watch case keeps 8848-8850).
+PORT=${PORT:-8848}
 ROUNDS=${1:-3}
 shift || true
 CASES=("$@")
@@ -45,8 +47,8 @@ stop_node() {
 run() {
     local name=$1 round=$2
     shift 2
-    start_node 8848
-    "$BIN/muster-bench" --server 127.0.0.1:8848 --server-pid "$NODE_PID" --json "$@" \
+    start_node "$PORT"
+    "$BIN/muster-bench" --server 127.0.0.1:$PORT --server-pid "$NODE_PID" --json "$@" \
         > "$OUT/$name-$round.json"
     stop_node "$NODE_PID"
     summary "$OUT/$name-$round.json" "$name r$round"

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::error::{Field, InvalidInput};
 use crate::model::{InstanceKey, ServiceKey};
 use crate::view::{NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage, ServiceSummary};
 
@@ -15,13 +16,19 @@ pub struct RegisterRequest {
     pub weight: Option<f64>,
     /// Takes traffic; default true.
     pub enabled: Option<bool>,
-    /// Initial health; default true.
+    /// Initial health; default true. An ephemeral instance takes its health
+    /// from heartbeats, so `Some(false)` for one is refused (as an update of
+    /// its health is) unless `health_reported`.
     pub healthy: Option<bool>,
     /// Lives by heartbeats; default true.
     pub ephemeral: Option<bool>,
     /// Metadata; per-instance heartbeat timings may be set here (see
     /// [`crate::lease`]).
     pub metadata: BTreeMap<String, String>,
+    /// The client states the instance's health itself besides its beats (a
+    /// Consul TTL check's status, Nacos's `healthy` parameter), so `healthy`
+    /// is taken as given for an ephemeral instance too; default false.
+    pub health_reported: bool,
 }
 
 impl RegisterRequest {
@@ -34,9 +41,25 @@ impl RegisterRequest {
             healthy: None,
             ephemeral: None,
             metadata: BTreeMap::new(),
+            health_reported: false,
         }
     }
+
+    /// Refuses what no registration may ask, whatever the instance's state:
+    /// `healthy: false` for an ephemeral instance whose health only its
+    /// heartbeats tell. Changes nothing.
+    pub(crate) fn check_health(&self) -> Result<(), InvalidInput> {
+        let ephemeral = self.ephemeral.unwrap_or(true);
+        if ephemeral && self.healthy == Some(false) && !self.health_reported {
+            return Err(InvalidInput::new(Field::Healthy, EPHEMERAL_HEALTH));
+        }
+        Ok(())
+    }
 }
+
+/// Why the health of an ephemeral instance cannot be set by a request.
+pub(crate) const EPHEMERAL_HEALTH: &str =
+    "ephemeral instances take their health from heartbeats; only persistent ones accept it";
 
 /// Change some fields of an instance.
 #[derive(Clone, Debug, PartialEq, Default)]

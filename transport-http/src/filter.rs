@@ -251,12 +251,27 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 /// The client's request id if it is usable, else a fresh one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(REQUEST_ID) {
-        let b = id.as_bytes();
-        if !b.is_empty() && b.len() <= REQUEST_ID_MAX && b.iter().all(u8::is_ascii_graphic) {
+        if usable_request_id(id.as_bytes()) {
             // Shares the client's bytes: no copy.
             return id.clone();
         }
     }
+    fresh_request_id()
+}
+
+/// [`request_id`] of a request head read outside hyper (`parked.rs`).
+pub(crate) fn request_id_of(client: Option<&[u8]>) -> String {
+    match client {
+        Some(b) if usable_request_id(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => fresh_request_id().to_str().unwrap_or("-").to_owned(),
+    }
+}
+
+fn usable_request_id(b: &[u8]) -> bool {
+    !b.is_empty() && b.len() <= REQUEST_ID_MAX && b.iter().all(u8::is_ascii_graphic)
+}
+
+fn fresh_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = *PREFIX.get_or_init(|| {

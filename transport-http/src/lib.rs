@@ -62,6 +62,8 @@ mod filter;
 #[cfg(feature = "server")]
 mod metrics;
 #[cfg(feature = "server")]
+mod parked;
+#[cfg(feature = "server")]
 mod peer;
 #[cfg(feature = "server")]
 mod peer_auth;

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use muster_core::{ConfigError, Node};
 use tokio::net::{TcpListener, TcpSocket};
@@ -23,7 +22,6 @@ use crate::api::AppState;
 use crate::clock::Clock;
 use crate::config::{LogFormat, Settings};
 use crate::driver::Driver;
-use crate::filter;
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::snapshot::Snapshots;
@@ -160,6 +158,7 @@ async fn accept(
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let http = Arc::new(http);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -175,14 +174,17 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(state);
-        let service = service_fn(move |req| filter::handle(Arc::clone(&state), peer, req));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
+        // Waiting watches are parked on a small path of their own; hyper
+        // serves every other request (`parked.rs`).
+        let conn = crate::parked::connection(
+            Arc::clone(state),
+            stream,
+            peer,
+            Arc::clone(&http),
+            HEADER_READ_TIMEOUT,
+            graceful.watcher(),
+        );
+        tokio::spawn(conn);
     }
     graceful
 }

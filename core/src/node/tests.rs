@@ -204,6 +204,26 @@ fn the_health_of_an_ephemeral_instance_cannot_be_set_by_a_client() {
 }
 
 #[test]
+fn an_ephemeral_instance_registered_unhealthy_is_refused_as_an_update_is_and_changes_nothing() {
+    let mut n = single();
+    let k = key("orders", "10.0.0.1", 8080);
+    let mut req = RegisterRequest::new(k.clone());
+    req.healthy = Some(false);
+    let err = n.register(at(0), req.clone());
+    assert!(matches!(err, Err(RequestError::Invalid(InvalidInput { field: Field::Healthy, .. }))));
+    assert!(all(&mut n, at(0), "orders").is_empty(), "nothing registered");
+    // A persistent one takes it, and so does an ephemeral one whose client reports its health.
+    req.ephemeral = Some(false);
+    n.register(at(1), req.clone()).unwrap();
+    let mut reported = RegisterRequest::new(key("orders", "10.0.0.2", 8080));
+    reported.healthy = Some(false);
+    reported.health_reported = true;
+    n.register(at(1), reported).unwrap();
+    assert_eq!(all(&mut n, at(1), "orders").len(), 2);
+    assert!(healthy(&mut n, at(1), "orders").is_empty());
+}
+
+#[test]
 fn update_changes_weight_enabled_and_metadata() {
     let mut n = single();
     let k = key("orders", "10.0.0.1", 8080);

@@ -353,6 +353,7 @@ impl ServiceManager {
         now: Timestamp,
         req: RegisterRequest,
     ) -> Result<Registered, RequestError> {
+        req.check_health()?;
         let weight = parse_weight(req.weight.unwrap_or(crate::model::DEFAULT_WEIGHT))?;
         let metadata = Metadata::parse(req.metadata, &self.limits.metadata())?;
         let lease = CompactLease::from(Lease::from_metadata(&metadata, &self.timings)?);
@@ -462,11 +463,7 @@ impl ServiceManager {
         }
         if let Some(h) = req.healthy {
             if data.ephemeral && h != data.healthy {
-                return Err(InvalidInput::new(
-                    Field::Healthy,
-                    "ephemeral instances take their health from heartbeats; only persistent ones accept it",
-                )
-                .into());
+                return Err(InvalidInput::new(Field::Healthy, crate::request::EPHEMERAL_HEALTH).into());
             }
             data.healthy = h;
         }

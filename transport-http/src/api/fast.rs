@@ -113,6 +113,7 @@ pub(super) fn register(body: &[u8]) -> Option<RegisterRequest> {
         healthy: r.healthy,
         ephemeral: r.ephemeral,
         metadata: r.metadata.map(|m| m.0).unwrap_or_default(),
+        health_reported: false,
     })
 }
 

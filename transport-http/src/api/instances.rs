@@ -37,6 +37,7 @@ pub(super) async fn register(
                 healthy: o.bool("healthy")?,
                 ephemeral: o.bool("ephemeral")?,
                 metadata: o.string_map("metadata")?.unwrap_or_default(),
+                health_reported: false,
             }
         }
     };
@@ -61,15 +62,12 @@ pub(super) async fn register(
 }
 
 /// Refusals and normalisations the generic and fast paths share: `-0.0`
-/// weights become `0`; `healthy: false` for an ephemeral instance is refused
-/// as on PATCH (its health comes from heartbeats); a persistent instance that
-/// would need an active check the node does not run (`probe.rs`) is refused.
+/// weights become `0`; a persistent instance that would need an active check
+/// the node does not run (`probe.rs`) is refused. (`healthy: false` for an
+/// ephemeral instance is refused by the core, as on PATCH.)
 fn check_registration(state: &AppState, req: &mut RegisterRequest) -> Result<(), ApiError> {
     req.weight = req.weight.map(normalise_weight);
     let ephemeral = req.ephemeral.unwrap_or(true);
-    if ephemeral && req.healthy == Some(false) {
-        return Err(ApiError::invalid("healthy", EPHEMERAL_HEALTH));
-    }
     let check = req.metadata.get(META_HEALTH_CHECK).map(String::as_str);
     if let Some((field, message)) = crate::probe::refusal(&state.settings.http, &req.key.ip, ephemeral, check)
     {
@@ -77,10 +75,6 @@ fn check_registration(state: &AppState, req: &mut RegisterRequest) -> Result<(),
     }
     Ok(())
 }
-
-/// The message of a refused `healthy` on an ephemeral instance.
-const EPHEMERAL_HEALTH: &str =
-    "ephemeral instances take their health from heartbeats; only persistent ones accept it";
 
 /// `-0.0` is `0`: one weight, one checksum.
 fn normalise_weight(w: f64) -> f64 {
@@ -197,9 +191,33 @@ pub(super) async fn deregister(state: &Arc<AppState>, q: &Query) -> Result<Respo
     }
 }
 
+/// What a query asks: the service, the selection and, for a watch, the
+/// checksum the client holds and how long to wait (not yet capped).
+pub(crate) struct QueryParams {
+    pub(crate) key: ServiceKey,
+    pub(crate) selector: Selector,
+    pub(crate) checksum: Option<Checksum>,
+    pub(crate) wait: Option<Duration>,
+}
+
 /// `GET /v1/instances?service=`, a long poll with `checksum` and `wait`.
 /// Served from the published snapshot, never through the driver.
 pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, ApiError> {
+    let QueryParams { key, selector, checksum, wait } = query_params(q)?;
+    match (checksum, wait) {
+        (Some(checksum), Some(wait)) => {
+            let wait = wait.min(state.settings.http.max_wait);
+            long_poll(state, key, selector, checksum, wait).await
+        }
+        _ => {
+            let published = published(state, &key, false).await?;
+            Ok(answer(&published, &selector))
+        }
+    }
+}
+
+/// Parses the parameters of a query or watch (`wait` needs `checksum`).
+pub(crate) fn query_params(q: &Query) -> Result<QueryParams, ApiError> {
     let key = q.service_key(None)?;
     let mut clusters = Vec::new();
     for c in q.get("clusters").unwrap_or_default().split(',').filter(|c| !c.is_empty()) {
@@ -219,20 +237,13 @@ pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<B
         })
         .transpose()?;
     let wait = q.get("wait").map(|w| parse_duration("wait", w)).transpose()?;
-    match (checksum, wait) {
-        (Some(checksum), Some(wait)) => {
-            let wait = wait.min(state.settings.http.max_wait);
-            long_poll(state, key, selector, checksum, wait).await
-        }
-        (None, Some(_)) => Err(ApiError::invalid(
+    if checksum.is_none() && wait.is_some() {
+        return Err(ApiError::invalid(
             "wait",
             "needs checksum: a watch returns when the content differs from the checksum the client holds",
-        )),
-        _ => {
-            let published = published(state, &key, false).await?;
-            Ok(answer(&published, &selector))
-        }
+        ));
     }
+    Ok(QueryParams { key, selector, checksum, wait })
 }
 
 /// The published view of a service, published first if nobody read it yet.
@@ -250,12 +261,17 @@ pub(crate) async fn published(
 
 /// The response to a query, from the view's cached body when it is a common one.
 fn answer(published: &Published, selector: &Selector) -> Response<Body> {
+    bytes_response(StatusCode::OK, "application/json", answer_bytes(published, selector))
+}
+
+/// The JSON body of a query's answer: the view's shared body when the
+/// selection is a common one (no cluster filter), else rendered.
+pub(crate) fn answer_bytes(published: &Published, selector: &Selector) -> Bytes {
     let answer = published.view.select(selector);
     if !selector.clusters.is_empty() {
-        return answer_response(&answer);
+        return answer_body(&answer);
     }
-    let body = published.body(selector.healthy_only, || answer_body(&answer));
-    bytes_response(StatusCode::OK, "application/json", body)
+    published.body(selector.healthy_only, || answer_body(&answer))
 }
 
 /// Counts a waiting long poll; refuses past the configured limit.
@@ -288,19 +304,9 @@ async fn long_poll(
 ) -> Result<Response<Body>, ApiError> {
     let _guard = WatchGuard::acquire(state)?;
     let deadline = tokio::time::Instant::now() + wait;
-    let rx = match state.snapshots.subscribe(&key) {
-        Some(rx) => rx,
-        None => match state.driver.load_view(key.clone(), true).await? {
-            (_, Some(rx)) => rx,
-            (_, None) => {
-                state.metrics.guard.unknown_watches_refused.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::too_many_unknown_watches(state.settings.http.max_unknown_watched));
-            }
-        },
-    };
     // Frees the entry of an unknown service when this was its last watcher,
     // also when the client goes away mid-wait (the future is dropped).
-    let mut sub = Subscription { state, key, rx: Some(rx) };
+    let mut sub = subscribe(state, key).await?;
     let Some(views) = sub.rx.as_mut() else { return Err(ApiError::shutting_down()) };
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -320,12 +326,39 @@ async fn long_poll(
     }
 }
 
+/// Subscribes a watcher to the service's views, publishing them first if
+/// needed; refuses past `max_unknown_watched` watched unknown services.
+pub(crate) async fn subscribe(state: &AppState, key: ServiceKey) -> Result<Subscription<'_>, ApiError> {
+    let rx = match state.snapshots.subscribe(&key) {
+        Some(rx) => rx,
+        None => match state.driver.load_view(key.clone(), true).await? {
+            (_, Some(rx)) => rx,
+            (_, None) => {
+                state.metrics.guard.unknown_watches_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::too_many_unknown_watches(state.settings.http.max_unknown_watched));
+            }
+        },
+    };
+    Ok(Subscription::new(state, key, rx))
+}
+
 /// A watcher's receiver; dropping it releases the snapshot entry if it was
 /// the last watcher of an unknown service.
-struct Subscription<'a> {
+pub(crate) struct Subscription<'a> {
     state: &'a AppState,
     key: ServiceKey,
-    rx: Option<tokio::sync::watch::Receiver<Arc<Published>>>,
+    pub(crate) rx: Option<tokio::sync::watch::Receiver<Arc<Published>>>,
+}
+
+impl<'a> Subscription<'a> {
+    /// Holds `rx`, a receiver of `key`'s views taken from the snapshots.
+    pub(crate) fn new(
+        state: &'a AppState,
+        key: ServiceKey,
+        rx: tokio::sync::watch::Receiver<Arc<Published>>,
+    ) -> Subscription<'a> {
+        Subscription { state, key, rx: Some(rx) }
+    }
 }
 
 impl Drop for Subscription<'_> {
@@ -333,10 +366,6 @@ impl Drop for Subscription<'_> {
         self.rx = None;
         self.state.snapshots.release(&self.key);
     }
-}
-
-fn answer_response(answer: &QueryAnswer) -> Response<Body> {
-    bytes_response(StatusCode::OK, "application/json", answer_body(answer))
 }
 
 fn answer_body(answer: &QueryAnswer) -> Bytes {

@@ -16,7 +16,7 @@ mod openapi;
 mod services;
 
 pub(crate) use self::input::{Query, parse_duration};
-pub(crate) use self::instances::{WatchGuard, published};
+pub(crate) use self::instances::{Subscription, WatchGuard, answer_bytes, published, query_params};
 
 use std::sync::Arc;
 

@@ -202,6 +202,7 @@ fn an_unhealthy_state_a_client_registered_is_not_refuted_by_a_node_that_heard_it
     // The client states its instance unhealthy on the node that did not take the beat.
     let mut req = RegisterRequest::new(k.clone());
     req.healthy = Some(false);
+    req.health_reported = true;
     nodes[0].register(at(30), req).unwrap();
     run_cluster(&mut nodes, at(100), &no_drop);
     for n in &mut nodes {

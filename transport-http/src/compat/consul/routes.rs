@@ -230,6 +230,9 @@ async fn register(
         healthy: Some(reg.initially_passing),
         ephemeral: Some(reg.ephemeral()),
         metadata: reg.metadata(),
+        // A TTL check starts critical unless told otherwise, and its status
+        // is the client's to report.
+        health_reported: true,
     };
     match state.driver.request(Request::Register(req)).await? {
         Reply::Registered(_) => {}
@@ -325,6 +328,7 @@ async fn check(
         healthy: Some(healthy),
         ephemeral: Some(true),
         metadata,
+        health_reported: true,
     };
     match state.driver.request(Request::Register(req)).await? {
         Reply::Registered(_) => Ok(ok_response()),

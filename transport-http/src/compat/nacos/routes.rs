@@ -265,6 +265,8 @@ async fn register(state: &AppState, p: &Params) -> Result<Response<Body>, NacosE
         healthy: p.bool("healthy")?,
         ephemeral: p.bool("ephemeral")?,
         metadata: p.metadata()?.unwrap_or_default(),
+        // Nacos takes a registration's `healthy` as given, ephemeral or not.
+        health_reported: true,
     };
     match state.driver.request(CoreRequest::Register(req)).await? {
         Reply::Registered(_) => Ok(ok()),
@@ -438,6 +440,7 @@ async fn beat(state: &AppState, p: &Params) -> Result<Response<Body>, NacosError
                 healthy: None,
                 ephemeral: info.ephemeral,
                 metadata,
+                health_reported: false,
             };
             match state.driver.request(CoreRequest::Register(req)).await? {
                 Reply::Registered(r) => Ok(beat_answer(super::ms(r.heartbeat_interval), CODE_OK)),
