@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod agreement;
 #[doc(hidden)]
 pub mod bugs;
 pub mod config;
@@ -32,6 +33,7 @@ mod small;
 pub mod time;
 pub mod view;
 
+pub use agreement::Stale;
 pub use config::{BrakeConfig, Config, Limits, Timings};
 pub use error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
 pub use history::{ChangeCause, ChangeKind, InstanceChange};

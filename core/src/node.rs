@@ -202,6 +202,7 @@ impl Node {
             config.brake.clone(),
         );
         registry.set_responsibility(members.responsibility());
+        registry.set_peers(&config.peers);
         registry.grant_grace(now);
         let first_ae = now + jitter(&mut rng, config.timings.anti_entropy_interval);
         let mut node = Node {
@@ -313,6 +314,14 @@ impl Node {
         self.registry.hlc_counter()
     }
 
+    /// The greatest version counter of a tombstone this node evicted before
+    /// every peer was known to hold it (0 if none): live records at or below
+    /// it for keys it does not hold are refused (see docs/architecture.md,
+    /// "No resurrection").
+    pub fn forced_horizon(&self) -> u64 {
+        self.registry.forced_horizon()
+    }
+
     /// Whether the expiry brake is engaged.
     pub fn brake_engaged(&self) -> bool {
         self.registry.brake_engaged()
@@ -370,7 +379,8 @@ impl Node {
         for beats in self.forward.values() {
             assert!(beats.len() <= l.max_forwarded_beats, "forwarded beats bounded");
         }
-        assert!(self.registry.instance_count() <= l.max_instances, "instances bounded");
+        assert!(self.registry.instance_count() <= l.max_instances + l.max_tombstones, "instances bounded");
+        assert!(self.registry.stats().tombstones <= l.max_tombstones, "tombstones bounded");
     }
 
     // ---- client operations ---------------------------------------------
@@ -607,18 +617,24 @@ impl Node {
                 }
                 Ok(())
             }
-            PeerMessage::DigestRoot { root } => {
+            PeerMessage::DigestRoot { root, hlc } => {
                 let matched = root == self.registry.digest().root();
                 if self.members.state(from).is_some() {
                     self.peer_digests.insert(from.clone(), PeerDigest { at: now, root, matched });
                 }
+                if matched {
+                    self.registry.agreed(from, 0..=u8::MAX, now, hlc);
+                }
                 if self.is_ready() && root != self.registry.digest().root() {
                     let buckets = self.registry.digest().buckets().to_vec();
-                    self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets });
+                    let hlc = self.registry.hlc_counter();
+                    self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets, hlc });
                 }
                 Ok(())
             }
-            PeerMessage::DigestBuckets { buckets } => {
+            PeerMessage::DigestBuckets { buckets, hlc } => {
+                let equal = self.registry.digest().equal(&buckets);
+                self.registry.agreed(from, equal, now, hlc);
                 self.answer_buckets(from, &buckets);
                 Ok(())
             }
@@ -751,10 +767,10 @@ impl Node {
             match self.registry.merge(now, r) {
                 MergeOutcome::Rejected(why) => {
                     rejected += 1;
-                    first.get_or_insert(why);
+                    first.get_or_insert_with(|| why.to_string());
                 }
                 MergeOutcome::Refuted { key, age } => self.forward_refutation(now, &key, age),
-                MergeOutcome::Applied | MergeOutcome::Stale => {}
+                MergeOutcome::Applied | MergeOutcome::Stale | MergeOutcome::Refused(_) => {}
             }
         }
         match first {
@@ -901,8 +917,8 @@ impl Node {
         }
         if t.from == PeerState::Down && self.is_ready() {
             // Back from down: it may have missed deltas; reconcile now.
-            let root = self.registry.digest().root();
-            self.transmit(t.peer.clone(), PeerMessage::DigestRoot { root });
+            let (root, hlc) = (self.registry.digest().root(), self.registry.hlc_counter());
+            self.transmit(t.peer.clone(), PeerMessage::DigestRoot { root, hlc });
         }
         self.push_event(Event::PeerStateChanged(t));
     }
@@ -958,10 +974,10 @@ impl Node {
         let interval = self.config.timings.anti_entropy_interval;
         self.anti_entropy_at = now + jitter(&mut self.rng, interval);
         self.stats.anti_entropy_rounds += 1;
-        let root = self.registry.digest().root();
+        let (root, hlc) = (self.registry.digest().root(), self.registry.hlc_counter());
         let peers: Vec<NodeId> = self.members.reachable().cloned().collect();
         for peer in peers {
-            self.transmit(peer, PeerMessage::DigestRoot { root });
+            self.transmit(peer, PeerMessage::DigestRoot { root, hlc });
         }
     }
 
@@ -969,6 +985,7 @@ impl Node {
 
     /// Moves what the registry produced into the sync queue and the events.
     fn after_change(&mut self, now: Timestamp) {
+        self.registry.enforce_tombstone_bound(now, 0);
         let has_peers = self.members.peer_count() > 0;
         let max = self.config.limits.max_pending_changes;
         let mut overflow = 0;
@@ -1095,6 +1112,8 @@ mod fixture;
 mod grace_tests;
 #[cfg(test)]
 mod ordering_tests;
+#[cfg(test)]
+mod resurrection_tests;
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]

@@ -14,6 +14,8 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::agreement::Stale;
+use crate::error::{InvalidInput, RequestError};
 use crate::history::ChangeCause;
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
 use crate::record::{
@@ -35,7 +37,25 @@ pub(crate) enum MergeOutcome {
     /// instance this node hears from; a newer healthy version was issued.
     Refuted { key: InstanceKey, age: Duration },
     /// The record was refused; nothing changed.
-    Rejected(String),
+    Rejected(MergeRejection),
+    /// The record, for a key this node does not hold, could be a purged
+    /// deletion coming back; this node stored a tombstone derived above it
+    /// instead and sends it to its peers (see `crate::agreement`).
+    Refused(Stale),
+}
+
+/// Why a record from a peer was refused (nothing changed).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub(crate) enum MergeRejection {
+    /// Its version or removal time is further ahead than `max_clock_skew`.
+    #[error("version {0:?} is further ahead of this node's clock than max_clock_skew")]
+    ClockAhead(Version),
+    /// Its content is invalid (weight, metadata, protect threshold).
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// Storing it would exceed a limit of this node.
+    #[error(transparent)]
+    Limit(#[from] RequestError),
 }
 
 impl Registry {
@@ -57,11 +77,12 @@ impl Registry {
             MergeOutcome::Stale => self.stats.stale += 1,
             MergeOutcome::Refuted { .. } => self.stats.refuted += 1,
             MergeOutcome::Rejected(_) => self.stats.rejected += 1,
+            MergeOutcome::Refused(_) => self.stats.refused_stale += 1,
         }
         outcome
     }
 
-    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), String> {
+    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), MergeRejection> {
         let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
         let removed_at = match record {
             Record::Instance { state, .. } => state.removed_at_ms(),
@@ -69,20 +90,17 @@ impl Registry {
             Record::Service { .. } => None,
         };
         if record.version().physical_ms() > limit || removed_at.is_some_and(|at| at > limit) {
-            return Err(format!(
-                "version {:?} is further ahead of this node's clock than max_clock_skew",
-                record.version()
-            ));
+            return Err(MergeRejection::ClockAhead(record.version().clone()));
         }
         let metadata_limits = self.limits.metadata();
         match record {
             Record::Instance { state: InstanceState::Live(d), .. } => {
-                parse_weight(d.weight).map_err(|e| e.to_string())?;
-                d.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+                parse_weight(d.weight)?;
+                Ok(d.metadata.check(&metadata_limits)?)
             }
             Record::Service { state: ServiceState::Live(m), .. } => {
-                parse_protect_threshold(m.protect_threshold).map_err(|e| e.to_string())?;
-                m.metadata.check(&metadata_limits).map_err(|e| e.to_string())
+                parse_protect_threshold(m.protect_threshold)?;
+                Ok(m.metadata.check(&metadata_limits)?)
             }
             _ => Ok(()),
         }
@@ -97,15 +115,32 @@ impl Registry {
     ) -> MergeOutcome {
         let hash = key.stable_hash();
         let Some(index) = self.find_instance_hashed(hash, &key) else {
-            if state.removed_at_ms().is_some_and(|at| self.tombstone_expired(now, at)) {
-                return MergeOutcome::Stale;
+            match state.removed_at_ms() {
+                // Past its TTL and purged here already: storing it again
+                // would only start over. A node that missed it while cut off
+                // (its horizon is below it) stores it, to drop what it deletes.
+                Some(at) if self.tombstone_expired(now, at) && self.purged_already(hash, &version) => {
+                    return MergeOutcome::Stale;
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(why) = self.refuses_unknown(hash, &version) {
+                        return self.answer_refused(now, key, hash, version, why);
+                    }
+                    if self.stats.instances >= self.limits.max_instances {
+                        let limit = self.limits.max_instances;
+                        return MergeOutcome::Rejected(
+                            RequestError::LimitExceeded { what: "max_instances", limit }.into(),
+                        );
+                    }
+                }
             }
             let inserted = self
                 .service_entry(&key.service)
                 .and_then(|s| self.insert_instance(s, &key, hash, version.clone(), now));
             let index = match inserted {
                 Ok(i) => i,
-                Err(e) => return MergeOutcome::Rejected(e.to_string()),
+                Err(e) => return MergeOutcome::Rejected(e.into()),
             };
             self.set_instance(index, version, state, now, false);
             return MergeOutcome::Applied;
@@ -207,7 +242,7 @@ impl Registry {
         }
         let index = match self.service_entry(key) {
             Ok(i) => i,
-            Err(e) => return MergeOutcome::Rejected(e.to_string()),
+            Err(e) => return MergeOutcome::Rejected(e.into()),
         };
         self.set_service_record(index, version, state, now, false);
         MergeOutcome::Applied

@@ -19,6 +19,7 @@ mod health;
 mod merge;
 pub(crate) mod repair;
 mod services;
+mod tombstones;
 mod views;
 
 pub(crate) use self::merge::MergeOutcome;
@@ -194,6 +195,12 @@ pub struct RegistryStats {
     pub purged: u64,
     /// Health changes of persistent instances made by active checks.
     pub checks_changed: u64,
+    /// Records from peers refused as possible purged deletions (answered
+    /// with a tombstone; see `agreement.rs`).
+    pub refused_stale: u64,
+    /// Tombstones evicted before every peer was known to hold them (held
+    /// past `tombstone_max_hold`, or over `max_tombstones`).
+    pub forced_purges: u64,
 }
 
 /// How a heartbeat was taken.
@@ -233,6 +240,10 @@ pub(crate) struct Registry {
     cause: ChangeCause,
     /// Record changes for the disk (see `durable.rs`).
     durable: DurableLog,
+    /// Digest agreement with each peer and the purge horizons.
+    agreement: crate::agreement::Agreement,
+    /// Instance tombstones by (removal wall time, slot), oldest first.
+    tombstone_order: BTreeSet<(u64, u32)>,
 }
 
 impl Registry {
@@ -243,6 +254,7 @@ impl Registry {
         limits: Limits,
         brake: BrakeConfig,
     ) -> Registry {
+        let me_for_agreement = me.clone();
         Registry {
             responsibility: Responsibility::alone(me.clone()),
             me,
@@ -266,7 +278,14 @@ impl Registry {
             history: None,
             cause: ChangeCause::Client,
             durable: DurableLog::default(),
+            agreement: crate::agreement::Agreement::new(me_for_agreement, &[]),
+            tombstone_order: BTreeSet::new(),
         }
+    }
+
+    /// The configured peers, whose agreement a tombstone's purge waits for.
+    pub(crate) fn set_peers(&mut self, peers: &[NodeId]) {
+        self.agreement = crate::agreement::Agreement::new(self.me.clone(), peers);
     }
 
     // ---- getters -------------------------------------------------------
@@ -527,8 +546,14 @@ impl Registry {
         version: Version,
         now: Timestamp,
     ) -> Result<u32, RequestError> {
+        // Live instances are bounded by their callers (`max_instances`),
+        // tombstones by `max_tombstones`: the oldest makes room.
+        let cap = self.limits.max_instances.saturating_add(self.limits.max_tombstones);
+        if self.instances.len() >= cap {
+            self.enforce_tombstone_bound(now, 1);
+        }
         let full = || RequestError::LimitExceeded { what: "max_instances", limit: self.limits.max_instances };
-        if self.instances.len() >= self.limits.max_instances {
+        if self.instances.len() >= cap {
             return Err(full());
         }
         let pos = self.services.get(service).map_or(0, |s| s.members.len() as u32);
@@ -616,8 +641,15 @@ impl Registry {
         e.view = None;
         let old_digest = e.digest_hash();
         let old = flags(&e.state);
+        let old_removed = e.state.removed_at_ms();
         e.version = version;
         e.state = state;
+        let new_removed = e.state.removed_at_ms();
+        if new_removed.is_some() {
+            // A tombstone's `last_beat` is when its version arrived here: the
+            // purge waits for every peer's agreement after it (agreement.rs).
+            e.last_beat = now;
+        }
         let new = flags(&e.state);
         let new_digest = e.digest_hash();
         let (hash, service) = (e.hash, e.service);
@@ -625,6 +657,7 @@ impl Registry {
         self.digest.toggle(hash, new_digest);
         self.account(service, old, -1);
         self.account(service, new, 1);
+        self.tombstone_moved(index, old_removed, new_removed);
         if !new.live || new.healthy {
             self.brake.release(index);
         }
@@ -698,9 +731,11 @@ impl Registry {
         let Some(e) = self.instances.get(index) else { return };
         let (hash, service, pos, digest) = (e.hash, e.service, e.pos as usize, e.digest_hash());
         let f = flags(&e.state);
+        let removed = e.state.removed_at_ms();
         if let Some(t) = e.timer {
             self.timers.remove(&(t, TimerRef::Instance(index)));
         }
+        self.tombstone_moved(index, removed, None);
         self.digest.toggle(hash, digest);
         self.account(service, f, -1);
         self.brake.release(index);
@@ -777,7 +812,7 @@ impl Registry {
                         limit: self.limits.max_instances_per_service,
                     });
                 }
-                if existing.is_none() && self.instances.len() >= self.limits.max_instances {
+                if self.stats.instances >= self.limits.max_instances {
                     return Err(RequestError::LimitExceeded {
                         what: "max_instances",
                         limit: self.limits.max_instances,
@@ -995,6 +1030,8 @@ impl Registry {
     #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
     pub(crate) fn check_invariants(&self) {
         assert!(self.checks.len() <= self.limits.max_pending_checks, "pending checks bounded");
+        assert!(self.brake.consistent(), "the brake is engaged exactly while it holds instances");
+        assert_eq!(self.tombstone_order.len(), self.stats.tombstones, "one age entry per tombstone");
         self.check_indexes();
         self.check_counts_and_digest();
         self.check_timers();
