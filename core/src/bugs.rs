@@ -16,7 +16,8 @@ pub enum Bug {
     NoGrace,
     /// Merging a record does not advance the hybrid clock past it.
     NoObserve,
-    /// Tombstones are purged after a tenth of `tombstone_ttl`.
+    /// Tombstones are purged after a tenth of `tombstone_ttl`, without
+    /// waiting for agreement or refusing what comes back.
     EarlyPurge,
     /// Anti-entropy sends the first `max_records_per_message` records of the
     /// differing buckets and claims to have covered them all (issue 9, 1).
@@ -28,7 +29,8 @@ pub enum Bug {
     /// version (issue 9, 3).
     SameVersionRegister,
     /// Tombstones are purged at their TTL whether or not every peer holds
-    /// them (issue 9, 5).
+    /// them, and nothing is refused as a possible purged deletion: the
+    /// behaviour before issue 9, 5.
     PurgeWithoutAgreement,
     /// A live record for a key this node does not hold is accepted whatever
     /// its age (issue 9, 5).

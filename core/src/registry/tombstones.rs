@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::agreement::Stale;
+use crate::bugs::Bug;
 use crate::model::InstanceKey;
 use crate::record::{InstanceState, RemoveCause, Version};
 use crate::registry::digest::bucket_of;
@@ -114,7 +115,9 @@ impl Registry {
     /// Whether a live record for a key this node does not hold (in the
     /// bucket of `hash`) could be a purged deletion coming back.
     pub(super) fn refuses_unknown(&self, hash: u64, version: &Version) -> Option<Stale> {
-        if self.bugs.has(crate::bugs::Bug::AcceptStaleUnknown) {
+        // Each of these bugs restores the behaviour before issue 9, 5.
+        let bugs = [Bug::AcceptStaleUnknown, Bug::PurgeWithoutAgreement, Bug::EarlyPurge];
+        if bugs.iter().any(|b| self.bugs.has(*b)) {
             return None;
         }
         self.agreement.refuses(bucket_of(hash), version)
