@@ -24,7 +24,7 @@
 //!   has since purged a newer tombstone of the key. It is also refused when
 //!   its version is at most the bucket's forced horizon: a peer that missed
 //!   an evicted tombstone may still hold what it deleted. A refused record is
-//!   answered with a tombstone derived above it (see `registry/merge.rs`).
+//!   answered with a tombstone derived above it (see `service_manager/merge.rs`).
 //! - **Re-learning.** A tombstone past its TTL for a key this node does not
 //!   hold, at most the bucket's horizon, is not stored: this node purged it
 //!   (or a newer one) already. A peer that missed it while cut off still gets
@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use crate::model::NodeId;
 use crate::record::Version;
-use crate::registry::digest::BUCKETS;
+use crate::storage::digest::BUCKETS;
 use crate::time::Timestamp;
 
 /// One agreement: when (local time) and the peer's clock reading then.

@@ -8,10 +8,10 @@ use crate::agreement::Stale;
 use crate::bugs::Bug;
 use crate::model::InstanceKey;
 use crate::record::{InstanceState, RemoveCause, Version};
-use crate::registry::digest::bucket_of;
+use crate::storage::digest::bucket_of;
 use crate::time::Timestamp;
 
-use super::{MergeOutcome, Registry};
+use super::{MergeOutcome, ServiceManager};
 
 /// What a due tombstone timer decided.
 pub(super) enum Verdict {
@@ -23,7 +23,7 @@ pub(super) enum Verdict {
     Force,
 }
 
-impl Registry {
+impl ServiceManager {
     /// Peer `peer`'s digest buckets `buckets` equalled this node's at `now`;
     /// its clock read `hlc` when it computed them.
     pub(crate) fn agreed(
@@ -48,7 +48,7 @@ impl Registry {
         if purge_at > now {
             return Verdict::Rearm(purge_at);
         }
-        let Some(e) = self.instances.get(index) else { return Verdict::Purge };
+        let Some(e) = self.store.instances.get(index) else { return Verdict::Purge };
         // `last_beat` of a tombstone is when it arrived here (set_instance_leased).
         let without_agreement = self.bugs.has(crate::bugs::Bug::PurgeWithoutAgreement)
             || self.bugs.has(crate::bugs::Bug::EarlyPurge);
@@ -70,7 +70,7 @@ impl Registry {
     /// Purges the tombstone in slot `index`; `forced` when not every peer is
     /// known to hold it (raises the forced horizon of its bucket).
     pub(super) fn purge_tombstone(&mut self, index: u32, forced: bool) {
-        let Some(e) = self.instances.get(index) else { return };
+        let Some(e) = self.store.instances.get(index) else { return };
         let (bucket, counter) = (bucket_of(e.hash), e.version.counter);
         if forced {
             self.stats.forced_purges += 1;
@@ -82,17 +82,13 @@ impl Registry {
         self.purge_instance(index);
     }
 
-    /// Keeps the index of tombstones by age in step with slot `index`, whose
-    /// removal time went from `old` to `new` (`None`: live or absent).
-    pub(super) fn tombstone_moved(&mut self, index: u32, old: Option<u64>, new: Option<u64>) {
-        if old == new {
-            return;
-        }
-        if let Some(at) = old {
-            self.tombstone_order.remove(&(at, index));
-        }
-        if let Some(at) = new {
-            self.tombstone_order.insert((at, index));
+    /// Makes room for one more slot when the Storage is at its hard cap
+    /// (`max_instances` live plus `max_tombstones`): the oldest tombstone
+    /// goes.
+    pub(super) fn make_room(&mut self, now: Timestamp) {
+        let cap = self.limits.max_instances.saturating_add(self.limits.max_tombstones);
+        if self.store.instance_count() >= cap {
+            self.enforce_tombstone_bound(now, 1);
         }
     }
 
@@ -101,13 +97,12 @@ impl Registry {
     /// every peer already holds counts as purged, any other as forced.
     pub(crate) fn enforce_tombstone_bound(&mut self, now: Timestamp, slack: usize) {
         let max = self.limits.max_tombstones.saturating_sub(slack);
-        while self.stats.tombstones > max {
-            let Some(&(at_ms, index)) = self.tombstone_order.first() else { return };
-            let agreed = self.instances.get(index).is_some_and(|e| {
+        while self.store.counts.tombstones > max {
+            let Some((at_ms, index)) = self.store.oldest_tombstone() else { return };
+            let agreed = self.store.instances.get(index).is_some_and(|e| {
                 self.tombstone_expired(now, at_ms)
                     && self.agreement.all_agreed_after(bucket_of(e.hash), e.last_beat)
             });
-            self.tombstone_order.remove(&(at_ms, index));
             self.purge_tombstone(index, !agreed);
         }
     }
@@ -142,9 +137,11 @@ impl Registry {
         version: Version,
         why: Stale,
     ) -> MergeOutcome {
+        self.make_room(now);
         let inserted = self
+            .store
             .service_entry(&key.service)
-            .and_then(|s| self.insert_instance(s, &key, hash, version.clone(), now));
+            .and_then(|s| self.store.insert_instance(s, &key, hash, version.clone(), now));
         let Ok(index) = inserted else { return MergeOutcome::Refused(why) };
         let fresh = version.derived(self.me.clone());
         self.hlc.observe(fresh.counter);

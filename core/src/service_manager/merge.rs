@@ -24,7 +24,9 @@ use crate::record::{
 };
 use crate::time::Timestamp;
 
-use super::{Registry, ServiceRecord};
+use crate::storage::ServiceRecord;
+
+use super::ServiceManager;
 
 /// What merging one record did.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +60,7 @@ pub(crate) enum MergeRejection {
     Limit(#[from] RequestError),
 }
 
-impl Registry {
+impl ServiceManager {
     /// Merges one record received from a peer.
     pub(crate) fn merge(&mut self, now: Timestamp, record: Record) -> MergeOutcome {
         if let Err(why) = self.check_record(now, &record) {
@@ -114,7 +116,7 @@ impl Registry {
         state: InstanceState,
     ) -> MergeOutcome {
         let hash = key.stable_hash();
-        let Some(index) = self.find_instance_hashed(hash, &key) else {
+        let Some(index) = self.store.find_instance_hashed(hash, &key) else {
             match state.removed_at_ms() {
                 // Past its TTL and purged here already: storing it again
                 // would only start over. A node that missed it while cut off
@@ -127,7 +129,7 @@ impl Registry {
                     if let Some(why) = self.refuses_unknown(hash, &version) {
                         return self.answer_refused(now, key, hash, version, why);
                     }
-                    if self.stats.instances >= self.limits.max_instances {
+                    if self.store.counts.instances >= self.limits.max_instances {
                         let limit = self.limits.max_instances;
                         return MergeOutcome::Rejected(
                             RequestError::LimitExceeded { what: "max_instances", limit }.into(),
@@ -135,9 +137,11 @@ impl Registry {
                     }
                 }
             }
+            self.make_room(now);
             let inserted = self
+                .store
                 .service_entry(&key.service)
-                .and_then(|s| self.insert_instance(s, &key, hash, version.clone(), now));
+                .and_then(|s| self.store.insert_instance(s, &key, hash, version.clone(), now));
             let index = match inserted {
                 Ok(i) => i,
                 Err(e) => return MergeOutcome::Rejected(e.into()),
@@ -145,7 +149,7 @@ impl Registry {
             self.set_instance(index, version, state, now, false);
             return MergeOutcome::Applied;
         };
-        let Some(current) = self.instances.get(index) else { return MergeOutcome::Stale };
+        let Some(current) = self.store.instances.get(index) else { return MergeOutcome::Stale };
         let order = (&version, instance_state_hash(&state))
             .cmp(&(&current.version, instance_state_hash(&current.state)));
         if self.effective(order) != Ordering::Greater {
@@ -168,7 +172,7 @@ impl Registry {
         }
         if current.live().is_none() && matches!(state, InstanceState::Live(_)) {
             // Back from a tombstone: a fresh grace period, no evidence yet.
-            if let Some(e) = self.instances.get_mut(index) {
+            if let Some(e) = self.store.instances.get_mut(index) {
                 e.last_beat = now;
                 e.witnessed = false;
             }
@@ -198,7 +202,7 @@ impl Registry {
         if version.origin == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
             return None;
         }
-        let e = self.instances.get(index)?;
+        let e = self.store.instances.get(index)?;
         let current = e.live()?;
         let condemns = match state {
             InstanceState::Removed { cause: RemoveCause::Expired, .. } => current.ephemeral,
@@ -223,8 +227,8 @@ impl Registry {
         version: Version,
         state: ServiceState,
     ) -> MergeOutcome {
-        let existing = self.find_service(key);
-        let current = existing.and_then(|i| self.services.get(i)).and_then(|s| s.record.as_ref());
+        let existing = self.store.find_service(key);
+        let current = existing.and_then(|i| self.store.services.get(i)).and_then(|s| s.record.as_ref());
         match current {
             Some(ServiceRecord { version: v, state: s, .. }) => {
                 let order = (&version, service_state_hash(&state)).cmp(&(v, service_state_hash(s)));
@@ -240,7 +244,7 @@ impl Registry {
                 }
             }
         }
-        let index = match self.service_entry(key) {
+        let index = match self.store.service_entry(key) {
             Ok(i) => i,
             Err(e) => return MergeOutcome::Rejected(e.into()),
         };
