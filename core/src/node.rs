@@ -7,7 +7,7 @@
 //! translates one manager's output into another's input, and exposes the
 //! outputs through `poll_*`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -161,6 +161,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: NodeStats,
+    /// Peers whose last answer refused this node as not one of theirs.
+    refused_by: BTreeSet<NodeId>,
 }
 
 impl Node {
@@ -193,6 +195,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
+            refused_by: BTreeSet::new(),
             config,
         };
         node.clock.observe(now);
@@ -232,7 +235,25 @@ impl Node {
 
     /// Whether the node has loaded the registry and accepts writes.
     pub fn is_ready(&self) -> bool {
-        self.sync.is_ready()
+        self.sync.is_ready() && !self.refused_everywhere()
+    }
+
+    /// Whether every peer refuses this node as not one of its peers (its
+    /// `--advertise` is missing from their `--peers`): the node would form a
+    /// cluster of its own, so it stays not ready (issue 9, 6).
+    fn refused_everywhere(&self) -> bool {
+        !self.config.peers.is_empty() && self.refused_by.len() >= self.config.peers.len()
+    }
+
+    /// A peer answered that this node is not one of its peers (`refused`), or
+    /// accepted it again. While every peer refuses it, the node is not ready
+    /// and refuses client requests. Returns whether anything changed.
+    pub fn handle_membership_refusal(&mut self, now: Timestamp, peer: &NodeId, refused: bool) -> bool {
+        self.clock.observe(now);
+        if !self.config.peers.contains(peer) {
+            return false;
+        }
+        if refused { self.refused_by.insert(peer.clone()) } else { self.refused_by.remove(peer) }
     }
 
     /// Every member of the cluster as this node sees it, itself first.
