@@ -16,7 +16,8 @@ pub enum Bug {
     NoGrace,
     /// Merging a record does not advance the hybrid clock past it.
     NoObserve,
-    /// Tombstones are purged after a tenth of `tombstone_ttl`.
+    /// Tombstones are purged after a tenth of `tombstone_ttl`, without
+    /// waiting for agreement or refusing what comes back.
     EarlyPurge,
     /// Anti-entropy sends the first `max_records_per_message` records of the
     /// differing buckets and claims to have covered them all (issue 9, 1).
@@ -27,11 +28,21 @@ pub enum Bug {
     /// A register of an instance held live with the same data issues no new
     /// version (issue 9, 3).
     SameVersionRegister,
+    /// Tombstones are purged at their TTL whether or not every peer holds
+    /// them, and nothing is refused as a possible purged deletion: the
+    /// behaviour before issue 9, 5.
+    PurgeWithoutAgreement,
+    /// A live record for a key this node does not hold is accepted whatever
+    /// its age (issue 9, 5).
+    AcceptStaleUnknown,
+    /// The expiry brake reports itself released while it still holds
+    /// instances back (issue 9, 5).
+    BrakeClearsEarly,
 }
 
 impl Bug {
     /// Every bug, in the order of the mutation table.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 12] = [
         Bug::KeepOlderOnMerge,
         Bug::NoRefute,
         Bug::NoLift,
@@ -41,6 +52,9 @@ impl Bug {
         Bug::AntiEntropyPrefix,
         Bug::GlobalGrace,
         Bug::SameVersionRegister,
+        Bug::PurgeWithoutAgreement,
+        Bug::AcceptStaleUnknown,
+        Bug::BrakeClearsEarly,
     ];
 
     /// The bug's name on the simulator's command line (`--bug NAME`).
@@ -55,6 +69,9 @@ impl Bug {
             Bug::AntiEntropyPrefix => "anti-entropy-prefix",
             Bug::GlobalGrace => "global-grace",
             Bug::SameVersionRegister => "same-version-register",
+            Bug::PurgeWithoutAgreement => "purge-without-agreement",
+            Bug::AcceptStaleUnknown => "accept-stale-unknown",
+            Bug::BrakeClearsEarly => "brake-clears-early",
         }
     }
 

@@ -85,6 +85,11 @@ pub struct Timings {
     pub snapshot_retry: Duration,
     /// How long deletions are remembered (by the hybrid clock of the version).
     pub tombstone_ttl: Duration,
+    /// How long after its removal a tombstone is kept at most while a peer
+    /// has not yet confirmed it holds it (a peer down or cut off); past it
+    /// the tombstone is evicted anyway ("forced", see `agreement.rs`). Never
+    /// less than `tombstone_ttl` in effect.
+    pub tombstone_max_hold: Duration,
     /// How often the responsible node checks each persistent instance.
     pub health_check_interval: Duration,
     /// A gap in the node's own clock between two ticks longer than
@@ -110,6 +115,7 @@ impl Default for Timings {
             startup_timeout: Duration::from_secs(5),
             snapshot_retry: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(600),
+            tombstone_max_hold: Duration::from_secs(3600),
             health_check_interval: Duration::from_secs(5),
             pause_threshold: Duration::from_secs(5),
             max_clock_skew: Duration::from_secs(3600),
@@ -169,9 +175,12 @@ pub struct Limits {
     pub max_metadata_bytes: usize,
     /// Most live instances in one service (client registrations).
     pub max_instances_per_service: usize,
-    /// Most instance records (live and tombstones) on the node, from clients
-    /// and peers together.
+    /// Most live instances on the node, from clients and peers together
+    /// (tombstones have their own bound, `max_tombstones`).
     pub max_instances: usize,
+    /// Most instance tombstones on the node; past it the oldest is evicted
+    /// ("forced", see `agreement.rs`).
+    pub max_tombstones: usize,
     /// Most services on the node.
     pub max_services: usize,
     /// Most heartbeats in one batch.
@@ -207,6 +216,7 @@ impl Default for Limits {
             max_metadata_bytes: 8192,
             max_instances_per_service: 10_000,
             max_instances: 1_000_000,
+            max_tombstones: 1_000_000,
             max_services: 100_000,
             max_batch_beats: 10_000,
             max_records_per_message: 2_000,
@@ -234,6 +244,7 @@ impl Limits {
             ("max_metadata_bytes", self.max_metadata_bytes),
             ("max_instances_per_service", self.max_instances_per_service),
             ("max_instances", self.max_instances),
+            ("max_tombstones", self.max_tombstones),
             ("max_services", self.max_services),
             ("max_batch_beats", self.max_batch_beats),
             ("max_records_per_message", self.max_records_per_message),
@@ -253,6 +264,9 @@ impl Limits {
         }
         if u32::try_from(self.max_instances).is_err() {
             return Err(ConfigError::new("max_instances", "must be below 2^32"));
+        }
+        if u32::try_from(self.max_instances.saturating_add(self.max_tombstones)).is_err() {
+            return Err(ConfigError::new("max_tombstones", "must be below 2^32 minus max_instances"));
         }
         if u32::try_from(self.max_services).is_err() {
             return Err(ConfigError::new("max_services", "must be below 2^32"));

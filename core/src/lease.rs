@@ -142,7 +142,48 @@ impl Lease {
         if lease.unhealthy_after >= lease.remove_after {
             return Err(order_error(META_UNHEALTHY_AFTER, META_REMOVE_AFTER, lease));
         }
+        if lease.remove_after > t.tombstone_ttl {
+            return Err(InvalidInput::new(
+                Field::Metadata,
+                format!(
+                    "{META_REMOVE_AFTER} must be at most the tombstone TTL ({} ms on this node): a \
+                     deregistration is remembered only that long; got {} ms",
+                    t.tombstone_ttl.as_millis(),
+                    lease.remove_after.as_millis()
+                ),
+            ));
+        }
         Ok(lease)
+    }
+
+    /// Lowers the `muster.*_ms` lease keys of `metadata` so that the removal
+    /// time is at most the tombstone TTL (the others stay below it, in
+    /// order), for the compatible APIs whose clients ask for longer leases
+    /// (Eureka's `durationInSecs`, Consul's `DeregisterCriticalServiceAfter`)
+    /// and cannot be answered 400 for it. Returns whether it changed anything.
+    pub fn clamp_to_tombstone_ttl(
+        metadata: &mut std::collections::BTreeMap<String, String>,
+        t: &Timings,
+    ) -> bool {
+        let ttl = crate::time::millis(t.tombstone_ttl);
+        let read = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+            m.get(k).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if read(metadata, META_REMOVE_AFTER).is_none_or(|r| r <= ttl) {
+            return false;
+        }
+        metadata.insert(META_REMOVE_AFTER.to_owned(), ttl.to_string());
+        let unhealthy_max = ttl.saturating_sub(MIN_MS).max(MIN_MS);
+        if read(metadata, META_UNHEALTHY_AFTER).is_some_and(|u| u > unhealthy_max) {
+            metadata.insert(META_UNHEALTHY_AFTER.to_owned(), unhealthy_max.to_string());
+        }
+        let unhealthy =
+            read(metadata, META_UNHEALTHY_AFTER).unwrap_or(crate::time::millis(t.unhealthy_after));
+        let beat_max = unhealthy.saturating_sub(MIN_MS).max(MIN_MS);
+        if read(metadata, META_HEARTBEAT_INTERVAL).is_some_and(|b| b > beat_max) {
+            metadata.insert(META_HEARTBEAT_INTERVAL.to_owned(), beat_max.to_string());
+        }
+        true
     }
 
     /// Like [`Lease::from_metadata`], falling back to the defaults on invalid
@@ -234,5 +275,32 @@ mod tests {
             Lease::from_metadata_or_default(&meta(&[(META_REMOVE_AFTER, "10")]), &t),
             Lease::defaults(&t)
         );
+    }
+
+    #[test]
+    fn a_removal_time_past_the_tombstone_ttl_is_refused_naming_the_key() {
+        let t = Timings::default();
+        let err = Lease::from_metadata(&meta(&[(META_REMOVE_AFTER, "600001")]), &t).unwrap_err();
+        assert_eq!(err.field, Field::Metadata);
+        assert!(err.message.contains(META_REMOVE_AFTER), "{}", err.message);
+        assert!(Lease::from_metadata(&meta(&[(META_REMOVE_AFTER, "600000")]), &t).is_ok());
+    }
+
+    #[test]
+    fn a_foreign_lease_past_the_tombstone_ttl_is_clamped_in_order() {
+        let t = Timings::default();
+        let mut m: BTreeMap<String, String> = [
+            (META_HEARTBEAT_INTERVAL, "3600000"),
+            (META_UNHEALTHY_AFTER, "7200000"),
+            (META_REMOVE_AFTER, "86400000"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(Lease::clamp_to_tombstone_ttl(&mut m, &t));
+        let lease = Lease::from_metadata(&Metadata::from_map(m.clone()).unwrap(), &t).unwrap();
+        assert_eq!(lease.remove_after, t.tombstone_ttl);
+        assert!(lease.heartbeat_interval < lease.unhealthy_after);
+        assert!(!Lease::clamp_to_tombstone_ttl(&mut m, &t), "already within");
     }
 }

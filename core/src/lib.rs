@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod agreement;
 #[doc(hidden)]
 pub mod bugs;
 pub mod config;
@@ -40,6 +41,7 @@ mod sync;
 pub mod time;
 pub mod view;
 
+pub use agreement::Stale;
 pub use server_nodes::{membership, responsibility};
 
 pub use config::{BrakeConfig, Config, Limits, Timings};

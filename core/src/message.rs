@@ -13,7 +13,7 @@ use crate::record::Record;
 
 /// The protocol version this build speaks. Bumped on any incompatible change
 /// of [`PeerMessage`] or the records inside it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A heartbeat forwarded to the node responsible for the instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,12 +55,17 @@ pub enum PeerMessage {
     DigestRoot {
         /// The root hash.
         root: u64,
+        /// The sender's hybrid clock when it computed the root: every record
+        /// in its digest has a version counter at most this (agreement.rs).
+        hlc: u64,
     },
     /// Anti-entropy, step 2: the receiver's bucket hashes.
     DigestBuckets {
         /// [`crate::BUCKETS`] bucket hashes.
         #[serde(deserialize_with = "bounded_buckets")]
         buckets: Vec<u64>,
+        /// The sender's hybrid clock when it computed them (as in `DigestRoot`).
+        hlc: u64,
     },
     /// Anti-entropy, step 3 (and 4 with `reply == false`): every record the
     /// sender holds in the buckets that differ.
@@ -142,7 +147,7 @@ impl PeerMessage {
             | PeerMessage::BucketRecords { records, .. }
             | PeerMessage::Snapshot { records, .. } => records.len(),
             PeerMessage::Beats { beats } => beats.len(),
-            PeerMessage::DigestBuckets { buckets } => buckets.len(),
+            PeerMessage::DigestBuckets { buckets, .. } => buckets.len(),
             PeerMessage::DigestLeaves { buckets, leaves } => {
                 buckets.len().max(leaves.len().div_ceil(LEAVES_PER_ITEM))
             }
@@ -322,9 +327,9 @@ mod tests {
         assert!(decode_within(&bytes, 5).is_ok());
         assert!(matches!(decode_within(&bytes, 4), Err(MessageError::Malformed(_))));
         assert!(decode(&bytes).is_ok(), "the limit ends with its call");
-        let buckets = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS + 1] };
+        let buckets = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS + 1], hlc: 0 };
         assert!(decode(&encode(&from, &buckets)).is_err());
-        let ok = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS] };
+        let ok = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS], hlc: 0 };
         assert!(decode(&encode(&from, &ok)).is_ok());
         // A length prefix claiming a billion records, with nothing behind it.
         let mut huge = PROTOCOL_VERSION.to_le_bytes().to_vec();

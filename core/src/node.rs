@@ -7,7 +7,7 @@
 //! translates one manager's output into another's input, and exposes the
 //! outputs through `poll_*`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -160,6 +160,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: NodeStats,
+    /// Peers whose last answer refused this node as not one of theirs.
+    refused_by: BTreeSet<NodeId>,
 }
 
 impl Node {
@@ -177,6 +179,7 @@ impl Node {
             config.brake.clone(),
         );
         registry.set_responsibility(members.responsibility());
+        registry.set_peers(&config.peers);
         registry.grant_grace(now);
         let sync = SyncManager::new(&config, now);
         let mut node = Node {
@@ -190,6 +193,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
+            refused_by: BTreeSet::new(),
             config,
         };
         node.clock.observe(now);
@@ -229,7 +233,25 @@ impl Node {
 
     /// Whether the node has loaded the registry and accepts writes.
     pub fn is_ready(&self) -> bool {
-        self.sync.is_ready()
+        self.sync.is_ready() && !self.refused_everywhere()
+    }
+
+    /// Whether every peer refuses this node as not one of its peers (its
+    /// `--advertise` is missing from their `--peers`): the node would form a
+    /// cluster of its own, so it stays not ready (issue 9, 6).
+    fn refused_everywhere(&self) -> bool {
+        !self.config.peers.is_empty() && self.refused_by.len() >= self.config.peers.len()
+    }
+
+    /// A peer answered that this node is not one of its peers (`refused`), or
+    /// accepted it again. While every peer refuses it, the node is not ready
+    /// and refuses client requests. Returns whether anything changed.
+    pub fn handle_membership_refusal(&mut self, now: Timestamp, peer: &NodeId, refused: bool) -> bool {
+        self.clock.observe(now);
+        if !self.config.peers.contains(peer) {
+            return false;
+        }
+        if refused { self.refused_by.insert(peer.clone()) } else { self.refused_by.remove(peer) }
     }
 
     /// Every member of the cluster as this node sees it, itself first.
@@ -255,6 +277,14 @@ impl Node {
     /// The latest hybrid-clock counter issued or observed.
     pub fn version_counter(&self) -> u64 {
         self.registry.hlc_counter()
+    }
+
+    /// The greatest version counter of a tombstone this node evicted before
+    /// every peer was known to hold it (0 if none): live records at or below
+    /// it for keys it does not hold are refused (see docs/architecture.md,
+    /// "No resurrection").
+    pub fn forced_horizon(&self) -> u64 {
+        self.registry.forced_horizon()
     }
 
     /// Whether the expiry brake is engaged.
@@ -322,7 +352,11 @@ impl Node {
         let l = &self.config.limits;
         assert!(self.transmits.len() <= l.max_queued_transmits, "transmit queue bounded");
         assert!(self.events.len() <= l.max_queued_events, "event queue bounded");
-        assert!(self.registry.store().instance_count() <= l.max_instances, "instances bounded");
+        assert!(
+            self.registry.store().instance_count() <= l.max_instances + l.max_tombstones,
+            "instances bounded"
+        );
+        assert!(self.registry.stats().tombstones <= l.max_tombstones, "tombstones bounded");
     }
 
     // ---- client operations ---------------------------------------------
@@ -626,6 +660,7 @@ impl Node {
 
     /// Moves what the registry produced into the sync queue and the events.
     fn after_change(&mut self, now: Timestamp) {
+        self.registry.enforce_tombstone_bound(now, 0);
         let has_peers = self.members.peer_count() > 0;
         self.sync.handle_local_changes(now, &mut self.registry, has_peers);
         self.drain_sync();
@@ -740,6 +775,10 @@ mod fixture;
 mod grace_tests;
 #[cfg(test)]
 mod ordering_tests;
+#[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
+mod resurrection_tests;
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]

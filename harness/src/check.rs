@@ -49,7 +49,13 @@ pub(crate) fn dead_client_bound(sim: &Sim) -> Duration {
     // Removal after silence, plus one refutation (a node that saw a late beat
     // keeps it up to one more unhealthy period), plus failure detection and
     // two anti-entropy rounds to carry the removal everywhere.
-    t.remove_after + t.unhealthy_after + t.down_after + 2 * t.anti_entropy_interval + SLACK * 5
+    // With the brake on, a removal may wait for later windows (sim.rs).
+    t.remove_after
+        + t.unhealthy_after
+        + t.down_after
+        + 2 * t.anti_entropy_interval
+        + SLACK * 5
+        + crate::sim::brake_slack(&sim.config)
 }
 
 /// Checks run every virtual second.

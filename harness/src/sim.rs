@@ -12,8 +12,8 @@ use std::time::Duration;
 use muster_core::hash::{SplitMix64, StableHasher};
 use muster_core::message::{decode, encode};
 use muster_core::{
-    BeatReply, Config, Event, InstanceKey, MessageError, Node, NodeId, Record, RegisterRequest, RequestError,
-    Selector, ServiceKey, Timestamp,
+    BeatReply, BrakeConfig, Config, Event, InstanceKey, MessageError, Node, NodeId, Record, RegisterRequest,
+    RequestError, Selector, ServiceKey, Timestamp,
 };
 use muster_transport_mem::{LinkConfig, Network, Probability};
 
@@ -192,6 +192,39 @@ pub struct Sim {
     pub(crate) tombstones_seen: BTreeSet<(usize, usize, u32)>,
 }
 
+/// When a long cut starts after the chaos does.
+const LONG_CUT_START: Duration = Duration::from_secs(2);
+
+/// Issue 9, 5, drawn from their own stream so that every other draw of a
+/// seed keeps its meaning: in 40 % of the short-TTL runs one node is cut off
+/// for 1.5 to 2.5 TTLs; the expiry brake is on in 60 % of those and 20 % of
+/// the others, with a floor and share that engage when a node loses its
+/// peers' beats (and a window short enough to release within a history); in half of
+/// those tombstones are held at most 1.2 TTLs, so that forced evictions (and
+/// the refusals they need) happen too. Returns the node cut off and for how long.
+fn long_faults(scenario: &Scenario, config: &mut Config) -> Option<(usize, Duration)> {
+    let mut rng = SplitMix64::new(scenario.seed ^ 0x0b7a_4e5e_10c7);
+    let ttl = scenario.tombstone_ttl;
+    let long = ttl < Duration::from_secs(600) && scenario.nodes > 1 && rng.chance(0.4);
+    if rng.chance(if long { 0.6 } else { 0.2 }) {
+        config.brake = BrakeConfig { share: 0.3, floor: 1, window: Duration::from_secs(30) };
+    }
+    if !long {
+        return None;
+    }
+    let dur = ttl + ttl / 2 + Duration::from_millis(rng.below(muster_core::time::millis(ttl)));
+    if rng.chance(0.5) {
+        config.timings.tombstone_max_hold = ttl + ttl / 5;
+    }
+    Some((rng.below(scenario.nodes as u64) as usize, dur))
+}
+
+/// Extra time at the end of a history with the brake on: it releases what
+/// it held a window at a time.
+pub(crate) fn brake_slack(config: &Config) -> Duration {
+    if config.brake.enabled() { 4 * config.brake.window } else { Duration::ZERO }
+}
+
 /// The period of a flapping link.
 const FLAP_PERIOD: u64 = 10_000;
 /// Persistent instances registered per loader step (one step per 10 ms).
@@ -219,6 +252,7 @@ impl Sim {
         let mut config = Config::new(ids[0].clone());
         config.brake.share = 1.0; // Mass expiry is what chaos produces; the brake has its own tests.
         config.timings.tombstone_ttl = scenario.tombstone_ttl;
+        let long_cut = long_faults(&scenario, &mut config);
         let skew = muster_core::time::millis(scenario.faults.clock_skew) as i64;
         let drift = i64::from(scenario.faults.drift_ppm);
         let nodes = ids
@@ -242,8 +276,11 @@ impl Sim {
         let first_link =
             if load_ms == 0 { link(&scenario.faults) } else { LinkConfig::perfect(Duration::from_millis(1)) };
         let net = Network::new(rng.next_u64(), first_link);
-        let heal_at = chaos_start + scenario.chaos;
-        let end_at = heal_at + scenario.heal;
+        let mut heal_at = chaos_start + scenario.chaos;
+        if let Some((_, dur)) = long_cut {
+            heal_at = heal_at.max(chaos_start + LONG_CUT_START + dur + Duration::from_secs(1));
+        }
+        let end_at = heal_at + scenario.heal + brake_slack(&config);
         let mut sim = Sim {
             now: Timestamp::ZERO,
             rng,
@@ -276,6 +313,9 @@ impl Sim {
         }
         sim.plan_providers();
         sim.plan_faults();
+        if let Some((i, dur)) = long_cut {
+            sim.plan_long_cut(i % sim.nodes.len(), dur);
+        }
         sim.plan_bulk();
         sim
     }
@@ -504,6 +544,16 @@ impl Sim {
         for (seq, (at, fault)) in planned.into_iter().enumerate() {
             self.faults.insert((at, seq as u64), fault);
         }
+    }
+
+    /// Issue 9, 5: node `i` cut off from every other (its clients still
+    /// reach it) for `dur`, longer than the tombstone TTL, from the start of
+    /// the chaos.
+    fn plan_long_cut(&mut self, i: usize, dur: Duration) {
+        let id = self.nodes[i].id.clone();
+        let start = self.chaos_start + LONG_CUT_START;
+        self.faults.insert((start, u64::MAX - 2), Fault::Isolate(id.clone()));
+        self.faults.insert((start + dur, u64::MAX - 1), Fault::Rejoin(id));
     }
 
     fn random_node(&mut self) -> usize {

@@ -54,3 +54,22 @@ fn a_register_that_keeps_the_old_version_is_caught() {
 fn tombstones_purged_early_are_caught() {
     caught(Bug::EarlyPurge, 20);
 }
+
+#[test]
+fn tombstones_purged_without_every_peers_agreement_are_caught() {
+    // Needs a node cut off for longer than the TTL while its brake holds
+    // what the others deregistered (seed 53).
+    caught(Bug::PurgeWithoutAgreement, 60);
+}
+
+#[test]
+fn accepting_a_stale_record_for_a_key_not_held_is_caught() {
+    // Needs a tombstone evicted past tombstone_max_hold during a long cut,
+    // then the cut-off node's copy coming back (seed 53).
+    caught(Bug::AcceptStaleUnknown, 60);
+}
+
+#[test]
+fn a_brake_that_reports_itself_released_while_holding_is_caught() {
+    caught(Bug::BrakeClearsEarly, 40);
+}

@@ -36,7 +36,9 @@ fn seeded_histories_keep_every_invariant() {
         panic!("{v}\nreplay: cargo run --release -p muster-harness -- --seed {} --runs 1", v.seed);
     }
     assert_eq!(summary.runs, n);
-    assert!(summary.worst_convergence < Duration::from_secs(100));
+    // Histories with the expiry brake on may take up to four brake windows
+    // (30 s each) more to let dead clients go (sim.rs, `brake_slack`).
+    assert!(summary.worst_convergence < Duration::from_secs(100 + 4 * 30), "{:?}", summary.worst_convergence);
 }
 
 #[test]

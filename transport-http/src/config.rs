@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// How long deletions are remembered, ms [default: 600000].
     #[arg(long, env = "MUSTER_TOMBSTONE_TTL_MS", value_name = "MS")]
     pub tombstone_ttl_ms: Option<u64>,
+    /// Longest a tombstone is kept after its removal while a peer has not confirmed it holds it (a peer down or cut off); never below the TTL, ms [default: 3600000].
+    #[arg(long, env = "MUSTER_TOMBSTONE_MAX_HOLD_MS", value_name = "MS")]
+    pub tombstone_max_hold_ms: Option<u64>,
 
     /// Largest request body, bytes [default: 1048576].
     #[arg(long, env = "MUSTER_MAX_BODY_BYTES", value_name = "BYTES")]
@@ -120,9 +123,12 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests on shutdown, ms [default: 10000].
     #[arg(long, env = "MUSTER_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
-    /// Most instance records on the node [default: 1000000].
+    /// Most live instances on the node (tombstones are bounded by --max-tombstones) [default: 1000000].
     #[arg(long, env = "MUSTER_MAX_INSTANCES", value_name = "N")]
     pub max_instances: Option<usize>,
+    /// Most instance tombstones on the node; past it the oldest is evicted [default: 1000000].
+    #[arg(long, env = "MUSTER_MAX_TOMBSTONES", value_name = "N")]
+    pub max_tombstones: Option<usize>,
     /// Most live instances in one service [default: 10000].
     #[arg(long, env = "MUSTER_MAX_INSTANCES_PER_SERVICE", value_name = "N")]
     pub max_instances_per_service: Option<usize>,
@@ -396,6 +402,7 @@ impl ServeArgs {
             eureka_prefix, eureka_namespace, eureka_group, eureka_delta_retention_ms,
             eureka_max_delta_changes,
         );
+        fill_from!(self, file; tombstone_max_hold_ms, max_tombstones);
         Ok(self)
     }
 
@@ -493,10 +500,12 @@ impl ServeArgs {
         t.startup_timeout = ms(self.startup_timeout_ms, t.startup_timeout);
         t.snapshot_retry = ms(self.snapshot_retry_ms, t.snapshot_retry);
         t.tombstone_ttl = ms(self.tombstone_ttl_ms, t.tombstone_ttl);
+        t.tombstone_max_hold = ms(self.tombstone_max_hold_ms, t.tombstone_max_hold);
         t.health_check_interval = ms(self.health_check_interval_ms, t.health_check_interval);
         let l = &mut c.limits;
         let n = |v: Option<usize>, d: usize| v.unwrap_or(d);
         l.max_instances = n(self.max_instances, l.max_instances);
+        l.max_tombstones = n(self.max_tombstones, l.max_tombstones);
         l.max_instances_per_service = n(self.max_instances_per_service, l.max_instances_per_service);
         l.max_services = n(self.max_services, l.max_services);
         l.max_metadata_entries = n(self.max_metadata_entries, l.max_metadata_entries);

@@ -293,8 +293,27 @@ impl Driver {
         if self.dirty.is_empty() { timeout } else { timeout.min(self.publish_at) }
     }
 
+    /// Tells the node which peers refuse it as not one of theirs (it stays
+    /// not ready while every peer does; issue 9, 6).
+    fn take_refusals(&mut self) {
+        let now = self.clock.now();
+        for (peer, refused) in self.peers.refusals() {
+            if self.node.handle_membership_refusal(now, &peer, refused) {
+                tracing::error!(
+                    node = %self.node.id(),
+                    peer = %peer,
+                    refused,
+                    "a peer {} this node's --advertise address; while every peer refuses it, the node stays \
+                     not ready: list it in every peer's --peers",
+                    if refused { "refuses" } else { "accepts again" }
+                );
+            }
+        }
+    }
+
     /// Handles every due timeout by the clock, a bounded number of rounds.
     fn run_timers(&mut self) {
+        self.take_refusals();
         for _ in 0..TIMEOUTS_MAX {
             let now = self.clock.now();
             match self.node.poll_timeout() {

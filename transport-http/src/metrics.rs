@@ -156,6 +156,18 @@ impl Metrics {
             r.ephemeral_instances as u64,
         );
         gauge(&mut out, "muster_tombstones", "Instance tombstones kept.", r.tombstones as u64);
+        counter(
+            &mut out,
+            "muster_tombstones_forced_total",
+            "Tombstones evicted before every peer held them (tombstone_max_hold_ms, max_tombstones).",
+            r.forced_purges,
+        );
+        counter(
+            &mut out,
+            "muster_records_refused_stale_total",
+            "Peer records refused as possible purged deletions (answered with a tombstone).",
+            r.refused_stale,
+        );
         gauge(&mut out, "muster_services", "Services visible to clients.", r.services as u64);
         self.render_requests(&mut out);
         counter(

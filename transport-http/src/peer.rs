@@ -65,6 +65,14 @@ pub(crate) struct Peers {
     metrics: Arc<Metrics>,
 }
 
+impl Peers {
+    /// Each peer and whether its last answer refused this node as not one
+    /// of its peers.
+    pub(crate) fn refusals(&self) -> Vec<(NodeId, bool)> {
+        self.links.values().map(|l| (l.id.clone(), l.refuses_us.load(Ordering::Acquire))).collect()
+    }
+}
+
 #[derive(Debug)]
 struct Link {
     id: NodeId,
@@ -76,6 +84,9 @@ struct Link {
     closed: AtomicBool,
     /// Admits the expensive messages this peer sends us.
     replies: Mutex<TokenBucket>,
+    /// Whether this peer's last answer said this node is not one of its
+    /// peers (its `--peers` lacks our `--advertise`; issue 9, 6).
+    refuses_us: AtomicBool,
 }
 
 /// Frames waiting for one peer, and their bytes.
@@ -155,6 +166,7 @@ impl Link {
             capacity_bytes,
             closed: AtomicBool::new(false),
             replies: Mutex::new(TokenBucket::new(replies_per_s, Instant::now())),
+            refuses_us: AtomicBool::new(false),
         }
     }
 
@@ -362,6 +374,12 @@ impl Sender {
             let status = resp.status();
             // Read the (small) body so that the connection goes back to the pool.
             let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            // The peer's verifier names a sender missing from its --peers.
+            let not_member = status == hyper::StatusCode::UNAUTHORIZED
+                && String::from_utf8_lossy(&body).contains(crate::peer_auth::NOT_A_PEER);
+            if status.is_success() || not_member {
+                self.link.refuses_us.store(not_member, Ordering::Release);
+            }
             if status.is_success() {
                 Ok(())
             } else {

@@ -125,6 +125,10 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The words of the refusal of a sender that is not one of this node's
+/// peers; the sender's peer link recognises them (peer.rs).
+pub(crate) const NOT_A_PEER: &str = "is not one of this node's peers";
+
 fn refused(message: impl Into<String>) -> ApiError {
     ApiError::unauthorized(message)
 }
@@ -186,7 +190,7 @@ impl Verifier {
     ) -> Result<NodeId, ApiError> {
         let Some(from) = peers.iter().find(|p| p.as_str() == signed.from) else {
             return Err(refused(format!(
-                "{FROM} {:?} is not one of this node's peers",
+                "{FROM} {:?} {NOT_A_PEER}: add its --advertise address to this node's --peers",
                 crate::error::echo(&signed.from)
             )));
         };

@@ -337,7 +337,7 @@ fn one_peer_request_of_many_bucket_lists_gets_a_bounded_number_of_answers() {
         assert_eq!(n.req("POST", "/v1/instances", Some(&common::instance("amp", &ip, 80))).status, 200);
     }
     let from = NodeId::parse(&fake).unwrap();
-    let frame = encode(&from, &PeerMessage::DigestBuckets { buckets: Vec::new() });
+    let frame = encode(&from, &PeerMessage::DigestBuckets { buckets: Vec::new(), hlc: 0 });
     let body = frames_body(&vec![frame; FRAMES]);
     let out = |n: &Node| {
         metric(n, "muster_sync_messages_total{direction=\"out\",kind=\"bucket_records\"}").unwrap_or(0.0)

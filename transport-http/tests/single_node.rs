@@ -208,6 +208,14 @@ const BAD: &[(&str, &str, &str, u16, &str)] = &[
         404,
         "instance_not_found",
     ),
+    // A lease may not outlive its tombstone (the test nodes' TTL is 60 s).
+    (
+        "POST",
+        "/v1/instances",
+        r#"{"service":"orders","ip":"10.0.0.3","port":8080,"metadata":{"muster.remove_after_ms":"600000"}}"#,
+        400,
+        "metadata",
+    ),
     ("DELETE", "/v1/instances?service=orders&port=8080", "", 400, "ip"),
     ("DELETE", "/v1/instances?service=orders&ip=10.0.0.1&port=x", "", 400, "port"),
     ("DELETE", "/v1/instances?service=orders&ip=10.0.0.1&port=8080&weight=1", "", 400, "weight"),

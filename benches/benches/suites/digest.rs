@@ -54,7 +54,7 @@ fn asked(now: Timestamp) -> (Node, PeerMessage) {
     for i in 0..CHANGED {
         theirs[(i * 97) % BUCKETS] ^= 0x5eed;
     }
-    let ask = PeerMessage::DigestBuckets { buckets: theirs };
+    let ask = PeerMessage::DigestBuckets { buckets: theirs, hlc: 0 };
     match answer(&mut node, now, ask.clone()).as_slice() {
         [Transmit { msg: PeerMessage::BucketRecords { buckets, records, reply: true }, .. }] => {
             assert_eq!(buckets.len(), CHANGED);

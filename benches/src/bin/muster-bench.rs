@@ -95,7 +95,8 @@ struct Args {
     wait: Duration,
     /// Per-instance lease in ms: metadata `muster.unhealthy_after_ms` = LEASE and
     /// `muster.remove_after_ms` = 2 x LEASE, so instances outlive slow beat rounds;
-    /// 0 for none [default: 3600000 for beat and mixed, none otherwise].
+    /// 2 x LEASE must not exceed the server's tombstone TTL (the server refuses a
+    /// longer `remove_after`); 0 for none [default: 240000 for beat and mixed, none otherwise].
     #[arg(long)]
     lease: Option<u64>,
     /// Tokio worker threads of the load tool (1: a current-thread runtime).
@@ -240,7 +241,8 @@ fn validate(a: &Args) -> Result<Opts, String> {
         Some(0) => None,
         Some(l) if (1_000..=43_200_000).contains(&l) => Some(l),
         Some(_) => return Err("--lease must be 0 or from 1000 to 43200000 ms".to_owned()),
-        None if matches!(a.mode, Mode::Beat | Mode::Mixed) => Some(3_600_000),
+        // 2 x 4 min stays under the default tombstone TTL (10 min).
+        None if matches!(a.mode, Mode::Beat | Mode::Mixed) => Some(240_000),
         None => None,
     };
     Ok(Opts {
@@ -600,6 +602,6 @@ mod tests {
         assert!(validate(&a).unwrap_err().contains("loopback"));
         let a = Args::try_parse_from(["muster-bench", "--mode", "beat"]).unwrap();
         let o = validate(&a).unwrap();
-        assert_eq!((o.instances, o.lease_ms), (10_000, Some(3_600_000)));
+        assert_eq!((o.instances, o.lease_ms), (10_000, Some(240_000)));
     }
 }

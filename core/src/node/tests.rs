@@ -738,9 +738,9 @@ fn a_peers_digest_root_is_kept_with_whether_it_matched() {
     let peer = id("n2:1");
     assert_eq!(n.peer_digest(&peer), None);
     let root = n.digest().root();
-    n.handle_message(at(5), &peer, PeerMessage::DigestRoot { root }).unwrap();
+    n.handle_message(at(5), &peer, PeerMessage::DigestRoot { root, hlc: 0 }).unwrap();
     assert_eq!(n.peer_digest(&peer), Some(PeerDigest { at: at(5), root, matched: true }));
-    n.handle_message(at(6), &peer, PeerMessage::DigestRoot { root: root ^ 1 }).unwrap();
+    n.handle_message(at(6), &peer, PeerMessage::DigestRoot { root: root ^ 1, hlc: 0 }).unwrap();
     assert!(!n.peer_digest(&peer).unwrap().matched);
     assert_eq!(n.peer_digest(&id("n3:1")), None);
 }

@@ -6,8 +6,14 @@
 //! brake counts removals in a sliding window; when the removals of the window
 //! plus the instances held back would exceed `max(floor, share * ephemeral)`,
 //! it engages: instances past their removal time stay (unhealthy) and are
-//! re-checked later. It releases when enough held instances heartbeat again
-//! (or are removed by other means) that the count fits under the limit.
+//! re-checked later.
+//!
+//! Since issue 9: held instances no longer count against later windows, so
+//! removals go at most at `max(floor, share * population)` per window and no
+//! instance is held for good (a dead client past the brake's share used to be
+//! held forever). The brake is engaged exactly while it holds instances back;
+//! they leave the hold when they beat again, are removed in a later window,
+//! or go by other means (a peer's deregistration or expiry).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -22,11 +28,19 @@ pub(super) struct Brake {
     /// Instance slots held back.
     held: BTreeSet<u32>,
     engaged: bool,
+    /// The simulator's deliberate bug `brake-clears-early`.
+    pub(super) clears_early: bool,
 }
 
 impl Brake {
     pub(super) fn new(config: BrakeConfig) -> Brake {
-        Brake { config, removals: VecDeque::new(), held: BTreeSet::new(), engaged: false }
+        Brake {
+            config,
+            removals: VecDeque::new(),
+            held: BTreeSet::new(),
+            engaged: false,
+            clears_early: false,
+        }
     }
 
     pub(super) fn engaged(&self) -> bool {
@@ -65,18 +79,22 @@ impl Brake {
         }
         // The population the share is of: as it was before this window's removals.
         let allowed = self.allowed(ephemeral + self.removals.len());
-        let was_held = self.held.contains(&slot);
-        let others_held = self.held.len() - usize::from(was_held);
-        let would_be = self.removals.len() + others_held + 1;
-        if would_be > allowed {
+        if self.removals.len() + 1 > allowed {
             self.engaged = true;
             self.held.insert(slot);
             return false;
         }
-        self.engaged = false;
         self.held.remove(&slot);
+        // Engaged while anything is held (issue 9: it used to clear here
+        // while other instances were still held).
+        self.engaged = !self.held.is_empty() && !self.clears_early;
         self.removals.push_back(now);
         true
+    }
+
+    /// Whether the brake is engaged exactly while it holds instances.
+    pub(super) fn consistent(&self) -> bool {
+        self.engaged != self.held.is_empty()
     }
 
     /// Forgets a held instance (it beat again, or left by other means).

@@ -21,6 +21,7 @@ enum Due {
     MarkUnhealthy,
     Remove,
     Purge,
+    Force,
 }
 
 impl ServiceManager {
@@ -47,10 +48,11 @@ impl ServiceManager {
     fn instance_due(&mut self, now: Timestamp, index: u32) {
         let Some(e) = self.store.instances.get(index) else { return };
         let due = match &e.state {
-            InstanceState::Removed { at_ms, .. } => {
-                let purge_at = self.purge_time(now, *at_ms);
-                if purge_at <= now { Due::Purge } else { Due::Rearm(purge_at) }
-            }
+            InstanceState::Removed { at_ms, .. } => match self.tombstone_verdict(now, index, *at_ms) {
+                super::tombstones::Verdict::Rearm(at) => Due::Rearm(at),
+                super::tombstones::Verdict::Purge => Due::Purge,
+                super::tombstones::Verdict::Force => Due::Force,
+            },
             InstanceState::Live(d) if !d.ephemeral => {
                 self.check_due(now, index);
                 return;
@@ -73,10 +75,8 @@ impl ServiceManager {
         };
         match due {
             Due::Rearm(at) => self.store.arm_instance(index, at),
-            Due::Purge => {
-                self.stats.purged += 1;
-                self.purge_instance(index);
-            }
+            Due::Purge => self.purge_tombstone(index, false),
+            Due::Force => self.purge_tombstone(index, true),
             Due::MarkUnhealthy => self.with_cause(ChangeCause::Silence, |r| r.mark_unhealthy(now, index)),
             Due::Remove => self.with_cause(ChangeCause::Silence, |r| r.expire(now, index)),
         }
@@ -94,6 +94,7 @@ impl ServiceManager {
     fn expire(&mut self, now: Timestamp, index: u32) {
         let ephemeral = self.store.counts.ephemeral_instances;
         let was_held = self.brake.is_held(index);
+        self.brake.clears_early = self.bugs.has(crate::bugs::Bug::BrakeClearsEarly);
         if !self.brake.allow(now, index, ephemeral) {
             self.stats.braked += 1;
             let recheck = now + self.brake.recheck_after();

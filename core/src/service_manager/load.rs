@@ -33,7 +33,9 @@ impl ServiceManager {
             }
             // Only a tombstone past its purge time is stale in an empty
             // store (the store holds one record per key).
-            MergeOutcome::Stale | MergeOutcome::Refuted { .. } => report.expired.push(key),
+            MergeOutcome::Stale | MergeOutcome::Refuted { .. } | MergeOutcome::Refused(_) => {
+                report.expired.push(key)
+            }
             MergeOutcome::Rejected(why) => report.rejected.push((key, why)),
         }
     }

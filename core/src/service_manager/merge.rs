@@ -14,6 +14,7 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::agreement::Stale;
 use crate::error::RecordRejection;
 use crate::history::ChangeCause;
 use crate::model::{InstanceKey, ServiceKey, parse_protect_threshold, parse_weight};
@@ -39,6 +40,10 @@ pub(crate) enum MergeOutcome {
     Refuted { key: InstanceKey, age: Duration },
     /// The record was refused; nothing changed.
     Rejected(RecordRejection),
+    /// The record, for a key this node does not hold, could be a purged
+    /// deletion coming back; this node stored a tombstone derived above it
+    /// instead and sends it to its peers (see `crate::agreement`).
+    Refused(Stale),
 }
 
 impl ServiceManager {
@@ -60,6 +65,7 @@ impl ServiceManager {
             MergeOutcome::Stale => self.stats.stale += 1,
             MergeOutcome::Refuted { .. } => self.stats.refuted += 1,
             MergeOutcome::Rejected(_) => self.stats.rejected += 1,
+            MergeOutcome::Refused(_) => self.stats.refused_stale += 1,
         }
         outcome
     }
@@ -97,9 +103,28 @@ impl ServiceManager {
     ) -> MergeOutcome {
         let hash = key.stable_hash();
         let Some(index) = self.store.find_instance_hashed(hash, &key) else {
-            if state.removed_at_ms().is_some_and(|at| self.tombstone_expired(now, at)) {
-                return MergeOutcome::Stale;
+            match state.removed_at_ms() {
+                // Past its TTL and purged here already: storing it again
+                // would only start over. A node that missed it while cut off
+                // (its horizon is below it) stores it, to drop what it deletes.
+                Some(at) if self.tombstone_expired(now, at) && self.purged_already(hash, &version) => {
+                    return MergeOutcome::Stale;
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(why) = self.refuses_unknown(hash, &version) {
+                        return self.answer_refused(now, key, hash, version, why);
+                    }
+                    if self.store.counts.instances >= self.limits.max_instances {
+                        let limit = self.limits.max_instances;
+                        return MergeOutcome::Rejected(RecordRejection::LimitExceeded {
+                            what: "max_instances",
+                            limit,
+                        });
+                    }
+                }
             }
+            self.make_room(now);
             let inserted = self
                 .store
                 .service_entry(&key.service)

@@ -16,6 +16,7 @@ mod health;
 mod load;
 mod merge;
 mod services;
+mod tombstones;
 
 pub(crate) use self::merge::MergeOutcome;
 
@@ -72,6 +73,12 @@ pub struct RegistryStats {
     pub purged: u64,
     /// Health changes of persistent instances made by active checks.
     pub checks_changed: u64,
+    /// Records from peers refused as possible purged deletions (answered
+    /// with a tombstone; see `agreement.rs`).
+    pub refused_stale: u64,
+    /// Tombstones evicted before every peer was known to hold them (held
+    /// past `tombstone_max_hold`, or over `max_tombstones`).
+    pub forced_purges: u64,
 }
 
 /// How a heartbeat was taken.
@@ -103,6 +110,8 @@ pub(crate) struct ServiceManager {
     history: Option<Vec<InstanceChange>>,
     /// Why the registry is writing instance state now (see `history.rs`).
     cause: ChangeCause,
+    /// Digest agreement with each peer and the purge horizons.
+    agreement: crate::agreement::Agreement,
 }
 
 impl ServiceManager {
@@ -113,6 +122,7 @@ impl ServiceManager {
         limits: Limits,
         brake: BrakeConfig,
     ) -> ServiceManager {
+        let me_for_agreement = me.clone();
         ServiceManager {
             store: Storage::new(limits.clone(), &timings),
             responsibility: Responsibility::alone(me.clone()),
@@ -128,7 +138,13 @@ impl ServiceManager {
             bugs: crate::bugs::Bugs::default(),
             history: None,
             cause: ChangeCause::Client,
+            agreement: crate::agreement::Agreement::new(me_for_agreement, &[]),
         }
+    }
+
+    /// The configured peers, whose agreement a tombstone's purge waits for.
+    pub(crate) fn set_peers(&mut self, peers: &[NodeId]) {
+        self.agreement = crate::agreement::Agreement::new(self.me.clone(), peers);
     }
 
     // ---- getters -------------------------------------------------------
@@ -339,6 +355,13 @@ impl ServiceManager {
             }
         }
         let Some((_, new)) = self.store.write_instance(index, version, state, lease, local) else { return };
+        if !new.live {
+            // A tombstone's `last_beat` is when its version arrived here: the
+            // purge waits for every peer's agreement after it (agreement.rs).
+            if let Some(e) = self.store.instances.get_mut(index) {
+                e.last_beat = now;
+            }
+        }
         if !new.live || new.healthy {
             self.brake.release(index);
         }
@@ -399,7 +422,7 @@ impl ServiceManager {
                         limit: self.limits.max_instances_per_service,
                     });
                 }
-                if existing.is_none() && self.store.instances.len() >= self.limits.max_instances {
+                if self.store.counts.instances >= self.limits.max_instances {
                     return Err(RequestError::LimitExceeded {
                         what: "max_instances",
                         limit: self.limits.max_instances,
@@ -410,6 +433,7 @@ impl ServiceManager {
                     Some(i) => i,
                     None => {
                         let service = self.store.service_entry_hashed(service_hash, &key.service)?;
+                        self.make_room(now);
                         self.store.insert_instance(service, &key, hash, version.clone(), now)?
                     }
                 };
@@ -537,6 +561,7 @@ impl ServiceManager {
     #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
     pub(crate) fn check_invariants(&self) {
         assert!(self.checks.len() <= self.limits.max_pending_checks, "pending checks bounded");
+        assert!(self.brake.consistent(), "the brake is engaged exactly while it holds instances");
         self.store.check_invariants();
         self.check_timer_needs();
     }

@@ -11,6 +11,7 @@ impl Storage {
     /// description on the first broken one.
     #[allow(clippy::expect_used, clippy::panic)] // Panicking is this function's job.
     pub(crate) fn check_invariants(&self) {
+        assert_eq!(self.tombstone_order.len(), self.counts.tombstones, "one age entry per tombstone");
         self.check_indexes();
         self.check_counts_and_digest();
         self.check_timers();

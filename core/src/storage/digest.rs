@@ -51,8 +51,18 @@ impl Digest {
     /// Buckets whose hashes differ from `other` (which must have
     /// [`BUCKETS`] entries; missing entries count as different).
     pub fn differing(&self, other: &[u64]) -> Vec<u8> {
+        self.split(other, false)
+    }
+
+    /// The buckets whose hashes equal `other`'s (a full list of
+    /// [`BUCKETS`] hashes; a shorter one agrees on none past its end).
+    pub(crate) fn equal(&self, other: &[u64]) -> Vec<u8> {
+        self.split(other, true)
+    }
+
+    fn split(&self, other: &[u64], equal: bool) -> Vec<u8> {
         (0..BUCKETS)
-            .filter(|i| self.buckets.get(*i) != other.get(*i))
+            .filter(|i| (self.buckets.get(*i) == other.get(*i)) == equal)
             .filter_map(|i| u8::try_from(i).ok())
             .collect()
     }

@@ -188,6 +188,9 @@ pub(crate) struct Storage {
     changed_services: BTreeSet<ServiceKey>,
     /// Record changes for the disk (see `durable.rs`).
     durable: DurableLog,
+    /// Instance tombstones by (removal wall time, slot), oldest first (for
+    /// `max_tombstones`, see `service_manager/tombstones.rs`).
+    tombstone_order: BTreeSet<(u64, u32)>,
 }
 
 impl Storage {
@@ -205,6 +208,26 @@ impl Storage {
             local_changes: Vec::new(),
             changed_services: BTreeSet::new(),
             durable: DurableLog::default(),
+            tombstone_order: BTreeSet::new(),
+        }
+    }
+
+    /// The oldest instance tombstone: its removal wall time and slot.
+    pub(crate) fn oldest_tombstone(&self) -> Option<(u64, u32)> {
+        self.tombstone_order.first().copied()
+    }
+
+    /// Keeps the tombstone age index in step with slot `index`, whose
+    /// removal time went from `old` to `new` (`None`: live or absent).
+    fn tombstone_moved(&mut self, index: u32, old: Option<u64>, new: Option<u64>) {
+        if old == new {
+            return;
+        }
+        if let Some(at) = old {
+            self.tombstone_order.remove(&(at, index));
+        }
+        if let Some(at) = new {
+            self.tombstone_order.insert((at, index));
         }
     }
 
@@ -218,7 +241,7 @@ impl Storage {
         self.services.iter().filter(|(_, s)| s.visible()).count()
     }
 
-    #[cfg(any(test, debug_assertions, feature = "invariants"))]
+    /// Instance slots, live and tombstones.
     pub(crate) fn instance_count(&self) -> usize {
         self.instances.len()
     }
@@ -348,15 +371,18 @@ impl Storage {
         e.view = None;
         let old_digest = e.digest_hash();
         let old = flags(&e.state);
+        let old_removed = e.state.removed_at_ms();
         e.version = version;
         e.state = state;
         let new = flags(&e.state);
+        let new_removed = e.state.removed_at_ms();
         let new_digest = e.digest_hash();
         let (hash, service) = (e.hash, e.service);
         self.digest.toggle(hash, old_digest);
         self.digest.toggle(hash, new_digest);
         self.account(service, old, -1);
         self.account(service, new, 1);
+        self.tombstone_moved(index, old_removed, new_removed);
         if let Some(h) = self.instances.handle(index) {
             self.durable.push(DurableOp::Put(RecordRef::Instance(h)));
             if local {
@@ -439,8 +465,10 @@ impl Storage {
         version: Version,
         now: Timestamp,
     ) -> Result<u32, Full> {
+        // Live instances are bounded by the Service Manager (`max_instances`),
+        // tombstones by `max_tombstones` (it evicts the oldest first).
         let full = || Full { what: "max_instances", limit: self.limits.max_instances };
-        if self.instances.len() >= self.limits.max_instances {
+        if self.instances.len() >= self.limits.max_instances.saturating_add(self.limits.max_tombstones) {
             return Err(full());
         }
         let pos = self.services.get(service).map_or(0, |s| s.members.len() as u32);
@@ -534,9 +562,11 @@ impl Storage {
         let Some(e) = self.instances.get(index) else { return };
         let (hash, service, pos, digest) = (e.hash, e.service, e.pos as usize, e.digest_hash());
         let f = flags(&e.state);
+        let removed = e.state.removed_at_ms();
         if let Some(t) = e.timer {
             self.timers.remove(&(t, TimerRef::Instance(index)));
         }
+        self.tombstone_moved(index, removed, None);
         self.digest.toggle(hash, digest);
         self.account(service, f, -1);
         if let Ok(entry) = self.instance_index.find_entry(hash, |&i| i == index) {

@@ -261,7 +261,8 @@ fn a_service_tombstone_has_a_timer_and_its_purge_leaves_nothing() {
 
 #[test]
 fn the_instance_and_service_limits_refuse_new_entries() {
-    let limits = Limits { max_instances: 2, max_services: 1, ..Limits::default() };
+    // The hard cap of slots is max_instances + max_tombstones.
+    let limits = Limits { max_instances: 2, max_tombstones: 0, max_services: 1, ..Limits::default() };
     let mut s = Storage::new(limits, &Timings::default());
     put(&mut s, &key("orders", 1), 1, live(true, true), true);
     put(&mut s, &key("orders", 2), 2, live(true, true), true);

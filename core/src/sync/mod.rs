@@ -196,8 +196,8 @@ impl SyncManager {
             self.forward.remove(&t.peer);
         }
         if t.from == PeerState::Down && self.is_ready() {
-            let root = registry.store().digest().root();
-            self.transmit(t.peer.clone(), PeerMessage::DigestRoot { root });
+            let (root, hlc) = (registry.store().digest().root(), registry.hlc_counter());
+            self.transmit(t.peer.clone(), PeerMessage::DigestRoot { root, hlc });
         }
     }
 
@@ -220,18 +220,25 @@ impl SyncManager {
                 }
                 Ok(())
             }
-            PeerMessage::DigestRoot { root } => {
+            PeerMessage::DigestRoot { root, hlc } => {
                 let matched = root == registry.store().digest().root();
                 if members.state(from).is_some() {
                     self.peer_digests.insert(from.clone(), PeerDigest { at: now, root, matched });
                 }
+                if matched {
+                    // Agreement on every bucket (see agreement.rs).
+                    registry.agreed(from, 0..=u8::MAX, now, hlc);
+                }
                 if self.is_ready() && root != registry.store().digest().root() {
                     let buckets = registry.store().digest().buckets().to_vec();
-                    self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets });
+                    let hlc = registry.hlc_counter();
+                    self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets, hlc });
                 }
                 Ok(())
             }
-            PeerMessage::DigestBuckets { buckets } => {
+            PeerMessage::DigestBuckets { buckets, hlc } => {
+                let equal = registry.store().digest().equal(&buckets);
+                registry.agreed(from, equal, now, hlc);
                 self.answer_buckets(from, &buckets, registry);
                 Ok(())
             }
@@ -294,7 +301,7 @@ impl SyncManager {
                         self.handle_forward(now.saturating_sub(age), registry, owner, &key);
                     }
                 }
-                MergeOutcome::Applied | MergeOutcome::Stale => {}
+                MergeOutcome::Applied | MergeOutcome::Stale | MergeOutcome::Refused(_) => {}
             }
         }
         match first {
@@ -380,10 +387,10 @@ impl SyncManager {
         let interval = self.timings.anti_entropy_interval;
         self.anti_entropy_at = now + jitter(&mut self.rng, interval);
         self.stats.anti_entropy_rounds += 1;
-        let root = registry.store().digest().root();
+        let (root, hlc) = (registry.store().digest().root(), registry.hlc_counter());
         let peers: Vec<NodeId> = members.reachable().cloned().collect();
         for peer in peers {
-            self.transmit(peer, PeerMessage::DigestRoot { root });
+            self.transmit(peer, PeerMessage::DigestRoot { root, hlc });
         }
     }
 

@@ -223,7 +223,7 @@ async fn register(
     if let Some(old) = moved_from(state, &reg.id, &key).await? {
         let _ = state.driver.request(Request::Deregister(old)).await;
     }
-    let req = RegisterRequest {
+    let mut req = RegisterRequest {
         key: key.clone(),
         weight: reg.weight,
         enabled: None,
@@ -234,6 +234,12 @@ async fn register(
         // is the client's to report.
         health_reported: true,
     };
+    if muster_core::lease::Lease::clamp_to_tombstone_ttl(&mut req.metadata, &state.settings.core.timings) {
+        tracing::info!(
+            id = %reg.id,
+            "the check's DeregisterCriticalServiceAfter (or none) is longer than the tombstone TTL; the lease is cut to it"
+        );
+    }
     match state.driver.request(Request::Register(req)).await? {
         Reply::Registered(_) => {}
         other => return Err(unexpected(&other)),

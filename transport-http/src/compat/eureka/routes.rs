@@ -205,7 +205,13 @@ async fn register(
 ) -> Result<Response<Body>, EurekaError> {
     let key = app_key(&state.settings.eureka, app)?;
     let inst = wire::read_instance(body, xml)?;
-    let req = wire::registration(key, &app.to_ascii_uppercase(), &inst, now_ms())?;
+    let mut req = wire::registration(key, &app.to_ascii_uppercase(), &inst, now_ms())?;
+    if muster_core::lease::Lease::clamp_to_tombstone_ttl(&mut req.metadata, &state.settings.core.timings) {
+        tracing::info!(
+            app,
+            "leaseInfo.durationInSecs is longer than the tombstone TTL; the lease is cut to it"
+        );
+    }
     match state.driver.request(CoreRequest::Register(req)).await {
         Ok(Reply::Registered(_)) => Ok(empty(StatusCode::NO_CONTENT)),
         Ok(other) => Err(unexpected(&other)),
