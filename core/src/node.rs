@@ -363,6 +363,8 @@ impl Node {
     #[cfg(any(test, debug_assertions, feature = "invariants"))]
     pub fn check_invariants(&self) {
         self.registry.check_invariants();
+        let clock = self.clock_behind_records();
+        assert!(clock.is_none(), "{}", clock.unwrap_or_default());
         let l = &self.config.limits;
         assert!(self.pending.len() <= l.max_pending_changes, "pending changes bounded");
         assert!(self.transmits.len() <= l.max_queued_transmits, "transmit queue bounded");
@@ -1088,6 +1090,7 @@ fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
     Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
 
+mod checks;
 mod durable;
 #[cfg(test)]
 mod fixture;

@@ -54,3 +54,18 @@ fn a_register_that_keeps_the_old_version_is_caught() {
 fn tombstones_purged_early_are_caught() {
     caught(Bug::EarlyPurge, 20);
 }
+
+#[test]
+fn no_grace_on_inheritance_or_after_a_pause_is_caught() {
+    // Caught by a node's own verdict on a beating client while it owes the
+    // instance a grace period (it inherited it, or detected its own pause).
+    let v = caught(Bug::NoGrace, 20);
+    assert_eq!(v.kind, "judged-during-grace", "{v}");
+}
+
+#[test]
+fn a_merge_that_does_not_advance_the_clock_is_caught() {
+    // Caught structurally: a node holds a counter above its own clock.
+    let v = caught(Bug::NoObserve, 20);
+    assert_eq!(v.kind, "clock-behind-records", "{v}");
+}

@@ -12,6 +12,7 @@
 //! the timers that are due.
 
 mod brake;
+mod clock;
 pub(crate) mod digest;
 mod durable;
 mod expiry;
