@@ -12,7 +12,10 @@ impl Node {
     /// O(records), allocating only when it finds one.
     pub fn clock_behind_records(&self) -> Option<String> {
         let clock = self.version_counter();
-        if self.registry.max_counter() <= clock {
+        let store = self.registry.store();
+        let instances = store.instances.iter().map(|(_, e)| e.version.counter).max().unwrap_or(0);
+        let services = store.services.iter().filter_map(|(_, s)| s.record.as_ref()).map(|r| r.version.counter);
+        if instances.max(services.max().unwrap_or(0)) <= clock {
             return None;
         }
         self.records().into_iter().find(|r| r.version().counter > clock).map(|r| {
