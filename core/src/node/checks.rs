@@ -14,7 +14,8 @@ impl Node {
         let clock = self.version_counter();
         let store = self.registry.store();
         let instances = store.instances.iter().map(|(_, e)| e.version.counter).max().unwrap_or(0);
-        let services = store.services.iter().filter_map(|(_, s)| s.record.as_ref()).map(|r| r.version.counter);
+        let services =
+            store.services.iter().filter_map(|(_, s)| s.record.as_ref()).map(|r| r.version.counter);
         if instances.max(services.max().unwrap_or(0)) <= clock {
             return None;
         }
