@@ -152,6 +152,17 @@ pub enum MessageError {
         /// The version this node speaks.
         expected: u16,
     },
+    /// The frame's checksum does not match its bytes: it was corrupted on
+    /// the way (or by the sender's memory). Nothing was changed.
+    #[error(
+        "peer frame checksum mismatch (stated {stated:#010x}, computed {computed:#010x}): the frame was corrupted"
+    )]
+    Checksum {
+        /// The CRC-32 the frame carries.
+        stated: u32,
+        /// The CRC-32 of the bytes received.
+        computed: u32,
+    },
     /// The sender is not a member of this cluster. Nothing was changed.
     #[error("message from unknown node {0}")]
     UnknownPeer(String),

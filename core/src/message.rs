@@ -1,8 +1,10 @@
 //! Peer messages and their wire encoding.
 //!
-//! A frame is `[protocol version: u16 little-endian][postcard(from, message)]`.
-//! Decoding checks the version first and never panics: any byte string gives
-//! a message or a [`MessageError`]. Names, hosts and node ids inside are
+//! A frame is `[protocol version: u16 LE][CRC-32 of the rest: u32 LE][postcard(from, message)]`.
+//! Decoding checks the version first, then the checksum (over the version
+//! and the body), and never panics: any byte string gives a message or a
+//! [`MessageError`]. A frame with a flipped bit never decodes
+//! ([`MessageError::Checksum`]). Names, hosts and node ids inside are
 //! re-validated while decoding, exactly as client input is.
 
 use serde::{Deserialize, Serialize};
@@ -221,16 +223,38 @@ struct Frame {
     msg: PeerMessage,
 }
 
+/// Bytes before the postcard body: the version and the checksum.
+pub const FRAME_HEADER: usize = 6;
+
+/// The CRC-32 (IEEE) of a frame's version and body, the bytes it protects.
+fn checksum(version: [u8; 2], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&version);
+    h.update(body);
+    h.finalize()
+}
+
+/// Writes the checksum of `frame` (header placeholder included) into its header.
+fn seal(mut frame: Vec<u8>) -> Vec<u8> {
+    if frame.len() >= FRAME_HEADER {
+        let sum = checksum([frame[0], frame[1]], &frame[FRAME_HEADER..]);
+        frame[2..FRAME_HEADER].copy_from_slice(&sum.to_le_bytes());
+    }
+    frame
+}
+
 /// Encodes a message from `from` into a frame.
 pub fn encode(from: &NodeId, msg: &PeerMessage) -> Vec<u8> {
-    let out = PROTOCOL_VERSION.to_le_bytes().to_vec();
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     // Serialising these types into a Vec cannot fail: every field is a plain
     // value, string, sequence or map of known length.
     match postcard::to_extend(&FrameRef { from, msg }, out) {
-        Ok(v) => v,
+        Ok(v) => seal(v),
         Err(e) => {
             debug_assert!(false, "encoding a peer message failed: {e}");
-            PROTOCOL_VERSION.to_le_bytes().to_vec()
+            seal([PROTOCOL_VERSION.to_le_bytes().as_slice(), &[0; 4]].concat())
         }
     }
 }
@@ -254,6 +278,13 @@ pub fn decode(bytes: &[u8]) -> Result<(NodeId, PeerMessage), MessageError> {
     let got = u16::from_le_bytes(*head);
     if got != PROTOCOL_VERSION {
         return Err(MessageError::ProtocolVersion { got, expected: PROTOCOL_VERSION });
+    }
+    let (sum, body) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| MessageError::Malformed("frame shorter than its checksum".into()))?;
+    let (stated, computed) = (u32::from_le_bytes(*sum), checksum(*head, body));
+    if stated != computed {
+        return Err(MessageError::Checksum { stated, computed });
     }
     let (frame, rest): (Frame, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
@@ -313,9 +344,27 @@ mod tests {
         let (from, msg) = sample();
         let mut bytes = encode(&from, &msg);
         bytes.push(0);
-        assert!(matches!(decode(&bytes), Err(MessageError::Malformed(_))));
-        assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode(&seal(bytes.clone())), Err(MessageError::Malformed(_))));
+        let short = seal(bytes[..bytes.len() - 3].to_vec());
+        assert!(matches!(decode(&short), Err(MessageError::Malformed(_))));
         assert!(matches!(decode(&[1]), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode(&[2, 0, 1]), Err(MessageError::Malformed(_))));
+        // Unsealed, the same bytes fail their checksum first.
+        assert!(matches!(decode(&bytes), Err(MessageError::Checksum { .. })));
+    }
+
+    #[test]
+    fn a_frame_carries_the_checksum_of_its_version_and_body() {
+        let (from, msg) = sample();
+        let bytes = encode(&from, &msg);
+        assert_eq!(bytes[..2], PROTOCOL_VERSION.to_le_bytes());
+        let stated = u32::from_le_bytes(bytes[2..FRAME_HEADER].try_into().unwrap());
+        assert_eq!(stated, checksum([bytes[0], bytes[1]], &bytes[FRAME_HEADER..]));
+        let mut bad = bytes.clone();
+        bad[FRAME_HEADER + 3] ^= 0x10;
+        let err = decode(&bad).unwrap_err();
+        assert!(matches!(err, MessageError::Checksum { stated: s, .. } if s == stated), "{err:?}");
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 
     #[test]
@@ -332,11 +381,10 @@ mod tests {
         let ok = PeerMessage::DigestBuckets { buckets: vec![0; crate::BUCKETS], hlc: 0 };
         assert!(decode(&encode(&from, &ok)).is_ok());
         // A length prefix claiming a billion records, with nothing behind it.
-        let mut huge = PROTOCOL_VERSION.to_le_bytes().to_vec();
-        let head = encode(&from, &PeerMessage::Delta { records: Vec::new() });
-        huge.extend_from_slice(&head[2..head.len() - 1]);
+        let mut huge = encode(&from, &PeerMessage::Delta { records: Vec::new() });
+        huge.pop();
         huge.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]);
-        assert!(matches!(decode_within(&huge, 20_000), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode_within(&seal(huge), 20_000), Err(MessageError::Malformed(_))));
     }
 
     proptest! {
@@ -344,8 +392,25 @@ mod tests {
         fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
             let mut framed = PROTOCOL_VERSION.to_le_bytes().to_vec();
+            framed.extend_from_slice(&[0; 4]);
             framed.extend_from_slice(&bytes);
-            let _ = decode(&framed);
+            let _ = decode(&seal(framed));
+        }
+
+        #[test]
+        fn a_frame_with_any_one_bit_flipped_never_decodes(
+            bit in any::<prop::sample::Index>(),
+            many in 1..40usize,
+        ) {
+            let (from, msg) = sample();
+            let PeerMessage::Delta { records } = msg else { unreachable!() };
+            let big = PeerMessage::Delta { records: vec![records[0].clone(); many] };
+            for m in [PeerMessage::Ping { nonce: many as u64 }, big] {
+                let mut bytes = encode(&from, &m);
+                let at = bit.index(bytes.len() * 8);
+                bytes[at / 8] ^= 1 << (at % 8);
+                prop_assert!(decode(&bytes).is_err(), "bit {} of {} decoded", at, bytes.len() * 8);
+            }
         }
 
         #[test]
@@ -370,10 +435,11 @@ mod tests {
             let (from, msg) = sample();
             let mut bytes = encode(&from, &msg);
             for (i, b) in flips {
-                let at = 2 + i.index(bytes.len() - 2);
+                let at = FRAME_HEADER + i.index(bytes.len() - FRAME_HEADER);
                 bytes[at] ^= b;
             }
-            if let Ok((_, PeerMessage::Delta { records })) = decode(&bytes) {
+            // Resealed, so that the mutation reaches the decoder.
+            if let Ok((_, PeerMessage::Delta { records })) = decode(&seal(bytes)) {
                 for r in records {
                     if let Record::Instance { key, .. } = r {
                         prop_assert!(crate::model::check_name(crate::error::Field::Service, key.service.service.as_str()).is_ok());

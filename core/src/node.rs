@@ -349,6 +349,8 @@ impl Node {
     pub fn check_invariants(&self) {
         self.registry.check_invariants();
         self.sync.check_invariants();
+        let clock = self.clock_behind_records();
+        assert!(clock.is_none(), "{}", clock.unwrap_or_default());
         let l = &self.config.limits;
         assert!(self.transmits.len() <= l.max_queued_transmits, "transmit queue bounded");
         assert!(self.events.len() <= l.max_queued_events, "event queue bounded");
@@ -768,6 +770,7 @@ impl Node {
     }
 }
 
+mod checks;
 mod durable;
 #[cfg(test)]
 mod fixture;

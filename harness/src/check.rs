@@ -11,13 +11,22 @@
 //! 4. No resurrection: once a client's deregistration is acknowledged, no node
 //!    ever holds a live record of it with a newer version.
 //! 5. Bounded state: every node's and the network's structural invariants and
-//!    queue bounds hold (their `check_invariants`).
+//!    queue bounds hold (their `check_invariants`), and every node's hybrid
+//!    clock is at least every counter it holds.
+//!
+//! Invariants 2 and 4, and the structure of the nodes that received
+//! messages, are checked after every batch of deliveries, not only every
+//! second; a node's own verdicts are checked as it makes them (no verdict
+//! on a beating client while the node owes it a grace period, see
+//! `Sim::judged`); every consumer query's answer is checked against the
+//! registry of the node that gave it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use muster_core::{InstanceKey, InstanceState, Record, ServiceKey, Timestamp};
+use muster_core::view::QueryAnswer;
+use muster_core::{InstanceKey, InstanceState, Record, Selector, ServiceKey, Timestamp};
 
 use crate::sim::{Life, Sim};
 
@@ -41,7 +50,7 @@ impl fmt::Display for Violation {
 }
 
 /// Slack for clock drift and scheduling when comparing with a lease.
-const SLACK: Duration = Duration::from_secs(1);
+pub(crate) const SLACK: Duration = Duration::from_secs(1);
 
 /// The longest a dead client may stay visible after it died or the heal.
 pub(crate) fn dead_client_bound(sim: &Sim) -> Duration {
@@ -62,10 +71,10 @@ pub(crate) fn dead_client_bound(sim: &Sim) -> Duration {
 pub(crate) fn periodic(sim: &mut Sim) -> Result<(), Violation> {
     // Structural checks are O(records): every 10 s in large histories.
     if sim.scenario.bulk == 0 || sim.now.as_millis() % 10_000 < 1_000 {
-        structure(sim);
+        structure(sim)?;
     }
-    live_where_beating(sim)?;
-    no_resurrection(sim)?;
+    live_where_beating(sim, None)?;
+    no_resurrection(sim, None)?;
     if sim.now >= sim.heal_at {
         dead_are_gone(sim)?;
         if sim.flapping() {
@@ -90,7 +99,7 @@ pub(crate) fn periodic(sim: &mut Sim) -> Result<(), Violation> {
 
 /// Checks at the end of the run.
 pub(crate) fn at_end(sim: &Sim) -> Result<(), Violation> {
-    structure(sim);
+    structure(sim)?;
     if sim.flapping() {
         return Ok(());
     }
@@ -104,19 +113,86 @@ pub(crate) fn at_end(sim: &Sim) -> Result<(), Violation> {
     Ok(())
 }
 
-fn structure(sim: &Sim) {
+fn structure(sim: &Sim) -> Result<(), Violation> {
     for n in &sim.nodes {
         if let Some(node) = &n.node {
-            node.check_invariants();
+            node_structure(sim, node)?;
         }
     }
+    sim.net.check_invariants();
+    Ok(())
 }
 
-fn live_where_beating(sim: &Sim) -> Result<(), Violation> {
+fn node_structure(sim: &Sim, node: &muster_core::Node) -> Result<(), Violation> {
+    if let Some(why) = node.clock_behind_records() {
+        return Err(sim.violation("clock-behind-records", format!("{}: {why}", node.id())));
+    }
+    node.check_invariants();
+    Ok(())
+}
+
+/// Checks after a batch of deliveries at one instant, on the nodes that
+/// received messages: invariants 2 and 4 and, in one small history of
+/// [`FULL_STRUCTURE_EVERY`], their whole structure (O(digest): in every
+/// history it would halve the throughput).
+pub(crate) fn after_delivery(sim: &mut Sim, touched: &BTreeSet<usize>) -> Result<(), Violation> {
+    if sim.scenario.bulk == 0 && sim.scenario.seed % FULL_STRUCTURE_EVERY == 0 {
+        for &i in touched {
+            if let Some(node) = &sim.nodes[i].node {
+                node_structure(sim, node)?;
+            }
+        }
+    }
+    live_where_beating(sim, Some(touched))?;
+    no_resurrection(sim, Some(touched))
+}
+
+/// One small history in this many checks every node's whole structure after
+/// every delivery batch; the others every virtual second.
+pub(crate) const FULL_STRUCTURE_EVERY: u64 = 16;
+
+/// A consumer's answer lists exactly the live instances of the service the
+/// node holds, with their health, weight and enabled flag (healthy only:
+/// those that serve; the simulated services set no protect threshold).
+pub(crate) fn answer_matches_registry(
+    sim: &Sim,
+    i: usize,
+    service: &ServiceKey,
+    selector: &Selector,
+    answer: &QueryAnswer,
+) -> Result<(), Violation> {
+    let Some(node) = &sim.nodes[i].node else { return Ok(()) };
+    let expected: BTreeSet<(String, u16, bool, u64, bool)> = node
+        .live_instances()
+        .into_iter()
+        .filter(|(k, d)| k.service == *service && (!selector.healthy_only || (d.healthy && d.enabled)))
+        .map(|(k, d)| (k.ip.to_string(), k.port, d.healthy, d.weight.to_bits(), d.enabled))
+        .collect();
+    let got: BTreeSet<(String, u16, bool, u64, bool)> = answer
+        .instances()
+        .map(|v| (v.ip.to_string(), v.port, v.healthy, v.weight.to_bits(), v.enabled))
+        .collect();
+    if got.len() != answer.len() || got != expected {
+        let detail = format!(
+            "{} answered {} instances of {service} ({selector:?}) but holds {}: answer {got:?}, registry {expected:?}",
+            node.id(),
+            answer.len(),
+            expected.len()
+        );
+        return Err(sim.violation("query-answer", detail));
+    }
+    Ok(())
+}
+
+/// Invariant 2 on the acknowledging nodes (those in `only`, if given).
+fn live_where_beating(sim: &Sim, only: Option<&BTreeSet<usize>>) -> Result<(), Violation> {
     let fresh = sim.config.timings.unhealthy_after.saturating_sub(SLACK);
     for p in sim.providers.iter().filter(|p| p.life == Life::Alive) {
         let Some(ack) = p.last_ack else { continue };
         if sim.now.saturating_since(ack.at) >= fresh {
+            continue;
+        }
+        if only.is_some_and(|o| !o.contains(&ack.node)) {
             continue;
         }
         let n = &sim.nodes[ack.node];
@@ -140,11 +216,14 @@ fn live_where_beating(sim: &Sim) -> Result<(), Violation> {
 /// acknowledged deregistration, and a node that once held the tombstone never
 /// again holds an older live record (what a purge followed by a peer's stale
 /// copy would bring back).
-fn no_resurrection(sim: &mut Sim) -> Result<(), Violation> {
+fn no_resurrection(sim: &mut Sim, only: Option<&BTreeSet<usize>>) -> Result<(), Violation> {
     let mut seen = Vec::new();
     for (pi, p) in sim.providers.iter().enumerate() {
         let Life::Left { version: gone } = &p.life else { continue };
         for (ni, n) in sim.nodes.iter().enumerate() {
+            if only.is_some_and(|o| !o.contains(&ni)) {
+                continue;
+            }
             let Some(node) = &n.node else { continue };
             let held_tombstone = sim.tombstones_seen.contains(&(pi, ni, n.incarnation));
             match node.instance_record(&p.key) {

@@ -149,7 +149,9 @@ fn main() -> ExitCode {
         eprintln!();
     }
     let trace = if args.runs == 1 {
-        let o = runner::run_one(Scenario::from_seed_scaled(args.seed, args.nodes, args.scale), args.bug);
+        let scenario = Scenario::from_seed_scaled(args.seed, args.nodes, args.scale);
+        eprintln!("{scenario:?}");
+        let o = runner::run_one(scenario, args.bug);
         format!(" trace={:016x}", o.trace_hash)
     } else {
         String::new()

@@ -58,6 +58,7 @@ pub fn run_one(scenario: Scenario, bug: Option<Bug>) -> Outcome {
             convergence: None,
             trace_hash: 0,
             bulk: 0,
+            corrupt_refused: 0,
             violation: Some(Violation { seed, at: Timestamp::ZERO, kind: "panic".into(), detail: msg }),
         }
     })

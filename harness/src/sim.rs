@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use muster_core::hash::{SplitMix64, StableHasher};
+use muster_core::history::{ChangeCause, ChangeKind};
 use muster_core::message::{decode, encode};
 use muster_core::{
     BeatReply, BrakeConfig, Config, Event, InstanceKey, MessageError, Node, NodeId, Record, RegisterRequest,
@@ -53,6 +54,8 @@ pub struct Outcome {
     pub trace_hash: u64,
     /// Persistent instances loaded before the chaos.
     pub bulk: usize,
+    /// Corrupted frames delivered, every one refused by its checksum.
+    pub corrupt_refused: u64,
     /// The first invariant broken, if any.
     pub violation: Option<Violation>,
 }
@@ -67,8 +70,17 @@ pub(crate) struct SimNode {
     wall_skew_ms: i64,
     pub(crate) paused_until: Option<Timestamp>,
     crashed_until: Option<Timestamp>,
-    inbox: VecDeque<Vec<u8>>,
+    inbox: VecDeque<Frame>,
+    /// When the node last reported a pause it detected (it owes every
+    /// instance a grace period from then).
+    pause_seen: Option<Timestamp>,
+    /// Providers whose instance the node is responsible for, with the time
+    /// it became so (it owes them a grace period from then).
+    responsible: BTreeMap<usize, Timestamp>,
 }
+
+/// A peer frame on the simulated wire, and whether the network corrupted it.
+type Frame = (Vec<u8>, bool);
 
 impl SimNode {
     /// The node's local clock at global time `g`.
@@ -155,6 +167,14 @@ enum Fault {
     Restart(usize),
     Pause(usize, Duration),
     Links(LinkConfig),
+    /// Several nodes crash at the same instant.
+    CrashMany(Vec<usize>),
+    /// The link between a pair turns slow one way and lossy the other.
+    SlowPair(NodeId, NodeId),
+    Hold(NodeId, NodeId),
+    Release(NodeId, NodeId),
+    Clog(NodeId),
+    Unclog(NodeId),
 }
 
 /// The simulated world.
@@ -164,8 +184,10 @@ pub struct Sim {
     rng: SplitMix64,
     pub(crate) nodes: Vec<SimNode>,
     index: BTreeMap<NodeId, usize>,
-    net: Network<Vec<u8>>,
+    pub(crate) net: Network<Frame>,
     pub(crate) providers: Vec<Provider>,
+    /// Provider index by instance key.
+    by_key: BTreeMap<InstanceKey, usize>,
     faults: BTreeMap<(Timestamp, u64), Fault>,
     pub(crate) heal_at: Timestamp,
     healed: bool,
@@ -190,6 +212,15 @@ pub struct Sim {
     /// (provider, node, incarnation): the node held the tombstone of the
     /// provider's acknowledged deregistration.
     pub(crate) tombstones_seen: BTreeSet<(usize, usize, u32)>,
+    /// Corrupted frames refused.
+    corrupt_refused: u64,
+    /// The pair with a slow link (slow from the first to the second).
+    slow: Option<(NodeId, NodeId)>,
+    /// A violation found while draining a node's outputs, reported by the
+    /// step that caused it.
+    found: Option<Violation>,
+    /// Whether every node reports its instance changes (small histories).
+    instance_events: bool,
 }
 
 /// When a long cut starts after the chaos does.
@@ -267,6 +298,8 @@ impl Sim {
                 paused_until: None,
                 crashed_until: None,
                 inbox: VecDeque::new(),
+                pause_seen: None,
+                responsible: BTreeMap::new(),
             })
             .collect();
         let index = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
@@ -288,6 +321,7 @@ impl Sim {
             index,
             net,
             providers: Vec::new(),
+            by_key: BTreeMap::new(),
             faults: BTreeMap::new(),
             heal_at,
             healed: false,
@@ -306,12 +340,17 @@ impl Sim {
             bulk_acked: BTreeSet::new(),
             chaos_start,
             tombstones_seen: BTreeSet::new(),
+            corrupt_refused: 0,
+            slow: None,
+            found: None,
+            instance_events: scenario.bulk == 0,
             scenario,
         };
+        sim.plan_providers();
+        sim.by_key = sim.providers.iter().enumerate().map(|(i, p)| (p.key.clone(), i)).collect();
         for i in 0..sim.nodes.len() {
             sim.boot(i);
         }
-        sim.plan_providers();
         sim.plan_faults();
         if let Some((i, dur)) = long_cut {
             sim.plan_long_cut(i % sim.nodes.len(), dur);
@@ -417,6 +456,11 @@ impl Sim {
 
     fn boot(&mut self, i: usize) {
         let now = self.now;
+        let step = muster_core::time::millis(self.scenario.faults.wall_step) as i64;
+        if step > 0 && self.nodes[i].incarnation > 0 {
+            // The wall clock steps across the restart: a fresh offset.
+            self.nodes[i].wall_skew_ms = self.rng.below(2 * step as u64 + 1) as i64 - step;
+        }
         let n = &mut self.nodes[i];
         let local = n.local(now);
         let mut config = self.config.clone();
@@ -430,16 +474,68 @@ impl Sim {
         n.crashed_until = None;
         n.paused_until = None;
         n.inbox.clear();
+        n.pause_seen = None;
+        n.responsible.clear();
         match Node::new(config, local) {
             Ok(mut node) => {
                 if let Some(bug) = self.bug {
                     node.inject_bug(bug);
                 }
+                node.set_instance_events(self.instance_events);
                 n.node = Some(node);
             }
             Err(e) => panic!("simulation config is invalid: {e}"),
         }
+        self.track_responsibility(i);
         self.drain(i);
+    }
+
+    /// Notes the providers node `i` became responsible for (it owes them a
+    /// grace period from now) and forgets those it no longer is.
+    fn track_responsibility(&mut self, i: usize) {
+        if !self.instance_events {
+            return;
+        }
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let Some(node) = n.node.as_ref() else { return };
+        for (p, provider) in self.providers.iter().enumerate() {
+            if node.responsible_for(&provider.key) == n.id {
+                n.responsible.entry(p).or_insert(now);
+            } else {
+                n.responsible.remove(&p);
+            }
+        }
+    }
+
+    /// A node's own verdict on an instance (marked unhealthy or expired for
+    /// silence): wrong while the node owes the instance a grace period (it
+    /// became responsible for it, or detected its own pause, less than
+    /// `unhealthy_after` ago) and the client beats: invariant 2 on the
+    /// node that judges, which need not be the one that took the beats.
+    fn judged(&mut self, i: usize, key: &InstanceKey) {
+        let Some(&p) = self.by_key.get(key) else { return };
+        let provider = &self.providers[p];
+        let fresh = self.config.timings.unhealthy_after.saturating_sub(check::SLACK);
+        let beating = provider.life == Life::Alive
+            && provider.last_ack.is_some_and(|a| self.now.saturating_since(a.at) < fresh);
+        if !beating || self.found.is_some() {
+            return;
+        }
+        let n = &self.nodes[i];
+        let owed = |since: Option<Timestamp>| since.filter(|t| self.now.saturating_since(*t) < fresh);
+        let why = match (owed(n.responsible.get(&p).copied()), owed(n.pause_seen)) {
+            (Some(t), _) => format!("it became responsible at {t}"),
+            (None, Some(t)) => format!("it detected its own pause at {t}"),
+            (None, None) => return,
+        };
+        let ack = provider.last_ack.map(|a| a.at).unwrap_or_default();
+        let detail = format!(
+            "{} judged {key} (beat acknowledged at {ack}) silent at {} although {why}: it owes it a grace \
+             period",
+            n.id, self.now
+        );
+        self.found = Some(self.violation("judged-during-grace", detail));
     }
 
     fn plan_providers(&mut self) {
@@ -486,6 +582,8 @@ impl Sim {
             (f.crashes, 3),
             (f.pauses, 4),
             (f.loss > 0.0 || f.duplicate > 0.0, 5),
+            (f.slow_pair, 6),
+            (f.slow_pair, 7),
         ] {
             if on {
                 kinds.push(k);
@@ -500,11 +598,43 @@ impl Sim {
             let cut_ms = 7_000 + self.rng.below(2_001);
             self.flap = Some((self.nodes[a].id.clone(), self.nodes[b].id.clone(), at, cut_ms));
         }
+        let mut planned: Vec<(Timestamp, Fault)> = Vec::new();
+        let n = self.nodes.len();
+        if f.mass_crash && n > 1 {
+            // A majority, or (two times in five) every node, crashes at once;
+            // they restart a few seconds apart, all before the heal.
+            let all = self.rng.chance(0.4);
+            let count = if all { n } else { n / 2 + 1 };
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                order.swap(i, self.rng.below(i as u64 + 1) as usize);
+            }
+            order.truncate(count);
+            order.sort_unstable();
+            let span = chaos_ms - start_ms;
+            let at = start_ms + span / 4 + self.rng.below(span / 4 + 1);
+            planned.push((Timestamp::from_millis(at), Fault::CrashMany(order.clone())));
+            for i in order {
+                let back = at + 2_000 + self.rng.below(8_000);
+                planned.push((Timestamp::from_millis(back.min(chaos_ms)), Fault::Restart(i)));
+            }
+        }
+        if f.slow_pair && n > 1 {
+            let a = self.random_node();
+            let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+            let at = start_ms + self.rng.below((chaos_ms - start_ms) / 2 + 1);
+            planned.push((
+                Timestamp::from_millis(at),
+                Fault::SlowPair(self.nodes[a].id.clone(), self.nodes[b].id.clone()),
+            ));
+        }
         if kinds.is_empty() {
+            for (seq, (at, fault)) in planned.into_iter().enumerate() {
+                self.faults.insert((at, seq as u64), fault);
+            }
             return;
         }
         let mut t = start_ms + 2_000 + self.rng.below(3_000);
-        let mut planned: Vec<(Timestamp, Fault)> = Vec::new();
         while t < chaos_ms {
             let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
             let dur = 2_000 + self.rng.below(28_000);
@@ -527,11 +657,27 @@ impl Sim {
                     add(start, Fault::Isolate(id.clone()));
                     add(end, Fault::Rejoin(id));
                 }
-                3 => {
+                // In a large history the node that missed the load never
+                // crashes: it would load the bulk by snapshot, and
+                // anti-entropy is what must carry it.
+                3 if self.scenario.bulk == 0 || a != 0 => {
                     add(start, Fault::Crash(a));
                     add(end, Fault::Restart(a));
                 }
+                3 => {}
                 4 => add(start, Fault::Pause(a, Duration::from_millis(dur.min(25_000)))),
+                6 if a != b => {
+                    let (ia, ib) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
+                    add(start, Fault::Hold(ia.clone(), ib.clone()));
+                    add(end, Fault::Release(ia, ib));
+                }
+                7 => {
+                    let id = self.nodes[a].id.clone();
+                    let end = Timestamp::from_millis((t + dur.min(10_000)).min(chaos_ms));
+                    add(start, Fault::Clog(id.clone()));
+                    add(end, Fault::Unclog(id));
+                }
+                6 => {}
                 _ => {
                     let mut l = link(&f);
                     let scale = self.rng.below(101) as f64 / 100.0;
@@ -581,6 +727,7 @@ impl Sim {
             convergence: self.converged_since.map(|t| t.saturating_since(self.heal_at)),
             trace_hash: self.trace.finish(),
             bulk: self.scenario.bulk,
+            corrupt_refused: self.corrupt_refused,
             violation,
         }
     }
@@ -604,6 +751,9 @@ impl Sim {
         self.deliveries_due()?;
         self.timeouts_due();
         self.clients_due()?;
+        if let Some(v) = self.found.take() {
+            return Err(v);
+        }
         if self.now >= self.next_query {
             self.consumer_query()?;
             self.next_query = self.now + Duration::from_millis(700);
@@ -658,6 +808,11 @@ impl Sim {
         self.faults.clear();
         self.trace.u64(0x4ea1);
         self.net.heal();
+        self.net.release_all(self.now);
+        if let Some((a, b)) = self.slow.clone() {
+            // The slow direction stays slow to the end; the lossy one heals.
+            self.net.reset_link(&b, &a);
+        }
         self.net.set_default_link(LinkConfig::perfect(Duration::from_millis(1)));
         // A flapping link keeps flapping through the heal.
         self.flap_cut = false;
@@ -714,6 +869,29 @@ impl Sim {
                 }
             }
             Fault::Links(l) => self.net.set_default_link(l),
+            Fault::CrashMany(nodes) => {
+                for i in nodes {
+                    self.apply_fault(Fault::Crash(i));
+                }
+            }
+            Fault::SlowPair(a, b) => {
+                // Slow (0.3 to 1.5 s, jittered) from a to b, to the end of the
+                // run; lossy (20 to 50 %) from b to a, until the heal.
+                let latency = Duration::from_millis(300 + self.rng.below(1_200));
+                let jitter = Duration::from_millis(self.rng.below(300));
+                let slow = LinkConfig { jitter, ..LinkConfig::perfect(latency) };
+                let loss =
+                    Probability::new((20 + self.rng.below(31)) as f64 / 100.0).unwrap_or(Probability::ZERO);
+                let lossy =
+                    LinkConfig { loss, ..LinkConfig::perfect(Duration::from_millis(1 + self.rng.below(20))) };
+                self.net.set_link(&a, &b, slow);
+                self.net.set_link(&b, &a, lossy);
+                self.slow = Some((a, b));
+            }
+            Fault::Hold(a, b) => self.net.hold(&a, &b),
+            Fault::Release(a, b) => self.net.release(self.now, &a, &b),
+            Fault::Clog(a) => self.net.clog(&a),
+            Fault::Unclog(a) => self.net.unclog(self.now, &a),
         }
     }
 
@@ -725,10 +903,18 @@ impl Sim {
             }
             self.nodes[i].paused_until = None;
             self.trace.u64(0x5e5u64 + i as u64);
-            while let Some(bytes) = self.nodes[i].inbox.pop_front() {
-                self.receive(i, &bytes)?;
-            }
             let local = self.nodes[i].local(self.now);
+            if self.scenario.faults.timers_first {
+                // The timers that fell due during the pause fire before the
+                // messages that arrived meanwhile are read.
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.handle_timeout(local);
+                }
+                self.drain(i);
+            }
+            while let Some(frame) = self.nodes[i].inbox.pop_front() {
+                self.receive(i, &frame)?;
+            }
             if let Some(node) = self.nodes[i].node.as_mut() {
                 node.handle_timeout(local);
             }
@@ -738,9 +924,11 @@ impl Sim {
     }
 
     fn deliveries_due(&mut self) -> Result<(), Violation> {
+        let mut touched = BTreeSet::new();
         while let Some(d) = self.net.poll_delivery(self.now) {
             let Some(&i) = self.index.get(&d.to) else { continue };
-            self.trace.u64(i as u64).bytes(&d.msg[..d.msg.len().min(64)]);
+            touched.insert(i);
+            self.trace.u64(i as u64).bytes(&d.msg.0[..d.msg.0.len().min(64)]);
             let n = &mut self.nodes[i];
             if n.node.is_none() {
                 continue;
@@ -753,12 +941,24 @@ impl Sim {
             }
             self.receive(i, &d.msg)?;
         }
-        Ok(())
+        if touched.is_empty() {
+            return Ok(());
+        }
+        check::after_delivery(self, &touched)
     }
 
-    fn receive(&mut self, i: usize, bytes: &[u8]) -> Result<(), Violation> {
+    fn receive(&mut self, i: usize, frame: &Frame) -> Result<(), Violation> {
+        let (bytes, corrupted) = frame;
         let (from, msg) = match decode(bytes) {
+            Ok(_) if *corrupted => {
+                return Err(self.violation("codec", "a frame with a flipped bit decoded".into()));
+            }
             Ok(m) => m,
+            Err(_) if *corrupted => {
+                // Refused, as the HTTP node refuses the request (400): lost.
+                self.corrupt_refused += 1;
+                return Ok(());
+            }
             Err(e) => {
                 return Err(
                     self.violation("codec", format!("a frame our encoder made failed to decode: {e}"))
@@ -800,20 +1000,51 @@ impl Sim {
         let now = self.now;
         let n = &mut self.nodes[i];
         let Some(node) = n.node.as_mut() else { return };
+        let corrupt = self.scenario.faults.corrupt;
         while let Some(t) = node.poll_transmit() {
-            let bytes = encode(&n.id, &t.msg);
+            let mut bytes = encode(&n.id, &t.msg);
             let len = bytes.len();
-            self.net.send(now, &n.id, &t.to, bytes, len);
+            let flip = corrupt > 0.0 && self.rng.chance(corrupt);
+            if flip {
+                let bit = self.rng.below(len as u64 * 8) as usize;
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            self.net.send(now, &n.id, &t.to, (bytes, flip), len);
         }
+        let mut events = Vec::new();
         while let Some(e) = node.poll_event() {
-            let code = match e {
+            let code = match &e {
                 Event::ServiceChanged(_) => 1,
                 Event::PeerStateChanged(_) => 2,
                 Event::Ready { .. } => 3,
                 Event::PauseDetected { .. } => 4,
+                Event::InstanceChanged(_) => 6,
                 _ => 5,
             };
             self.trace.u64(code);
+            if matches!(code, 2 | 4 | 6) {
+                events.push(e);
+            }
+        }
+        // What the node owes grace to first, then its verdicts.
+        for e in &events {
+            match e {
+                Event::PeerStateChanged(_) => self.track_responsibility(i),
+                Event::PauseDetected { .. } => self.nodes[i].pause_seen = Some(now),
+                _ => {}
+            }
+        }
+        for e in events {
+            match e {
+                Event::InstanceChanged(c)
+                    if c.cause == ChangeCause::Silence
+                        && c.origin == self.nodes[i].id
+                        && matches!(c.kind, ChangeKind::Unhealthy | ChangeKind::Expired) =>
+                {
+                    self.judged(i, &c.key)
+                }
+                _ => {}
+            }
         }
     }
 
@@ -867,6 +1098,10 @@ impl Sim {
                     Some(Ok(Some(Record::Instance { version, .. }))) => Life::Left { version },
                     _ => Life::Dead { at: self.now },
                 };
+                if matches!(self.providers[p].life, Life::Left { .. }) {
+                    // Strict invariant 4 from the instant of the acknowledgement.
+                    self.tombstones_seen.insert((p, target, self.nodes[target].incarnation));
+                }
                 if what == Plan::Rejoin && matches!(self.providers[p].life, Life::Left { .. }) {
                     let at = self.now + Duration::from_millis(1 + self.rng.below(50));
                     self.providers[p].plan.push_front((at, Plan::Reregister));
@@ -981,7 +1216,7 @@ impl Sim {
         match node.query(local, &service, &sel) {
             Ok(answer) => {
                 self.trace.u64(answer.checksum().0);
-                Ok(())
+                check::answer_matches_registry(self, i, &service, &sel, &answer)
             }
             Err(RequestError::NotReady) => Ok(()),
             Err(e) => Err(self.violation("consumer", format!("query of {service} failed: {e}"))),

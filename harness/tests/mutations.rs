@@ -73,3 +73,18 @@ fn accepting_a_stale_record_for_a_key_not_held_is_caught() {
 fn a_brake_that_reports_itself_released_while_holding_is_caught() {
     caught(Bug::BrakeClearsEarly, 40);
 }
+
+#[test]
+fn no_grace_on_inheritance_or_after_a_pause_is_caught() {
+    // Caught by a node's own verdict on a beating client while it owes the
+    // instance a grace period (it inherited it, or detected its own pause).
+    let v = caught(Bug::NoGrace, 20);
+    assert_eq!(v.kind, "judged-during-grace", "{v}");
+}
+
+#[test]
+fn a_merge_that_does_not_advance_the_clock_is_caught() {
+    // Caught structurally: a node holds a counter above its own clock.
+    let v = caught(Bug::NoObserve, 20);
+    assert_eq!(v.kind, "clock-behind-records", "{v}");
+}

@@ -109,3 +109,37 @@ fn large_histories_keep_every_invariant() {
         }
     });
 }
+
+/// The first `count` CI seeds (1000 on) whose scenario `pick` selects.
+fn seeds_with(pick: impl Fn(&Faults) -> bool, count: usize) -> Vec<u64> {
+    (1_000..2_000).filter(|s| pick(&Scenario::from_seed_scaled(*s, None, 0).faults)).take(count).collect()
+}
+
+/// Selects scenarios by their faults.
+type Pick = fn(&Faults) -> bool;
+
+#[test]
+fn every_fault_kind_is_in_the_ci_seeds() {
+    let kinds: [(&str, Pick); 6] = [
+        ("mass crash", |f| f.mass_crash),
+        ("slow pair", |f| f.slow_pair),
+        ("corrupted frames", |f| f.corrupt > 0.0),
+        ("wall-clock steps", |f| !f.wall_step.is_zero() && f.crashes),
+        ("timers before the inbox", |f| f.timers_first),
+        ("flapping link", |f| f.flap),
+    ];
+    let ci = runs(1_000).min(1_000) as usize;
+    for (name, pick) in kinds {
+        let seeds = seeds_with(pick, 10);
+        assert!(seeds.len() == 10 && seeds[9] < 1_000 + ci as u64, "{name}: {seeds:?}");
+    }
+}
+
+#[test]
+fn corrupted_frames_are_all_refused_and_the_cluster_still_converges() {
+    for seed in seeds_with(|f| f.corrupt > 0.0, 3) {
+        let o = run_one(Scenario::from_seed_scaled(seed, None, 0), None);
+        assert_eq!(o.violation, None, "seed {seed}");
+        assert!(o.corrupt_refused > 10, "seed {seed}: {} corrupted frames refused", o.corrupt_refused);
+    }
+}

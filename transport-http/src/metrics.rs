@@ -77,6 +77,8 @@ pub(crate) struct GuardMetrics {
     pub(crate) peer_signatures_refused: AtomicU64,
     /// Watches refused because too many unknown services are watched.
     pub(crate) unknown_watches_refused: AtomicU64,
+    /// Peer frames refused because their checksum did not match.
+    pub(crate) peer_frames_corrupt: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -322,6 +324,11 @@ impl Metrics {
                 "muster_unknown_watches_refused_total",
                 "Watches refused because max_unknown_watched unknown services are watched.",
                 &g.unknown_watches_refused,
+            ),
+            (
+                "muster_peer_frames_corrupt_total",
+                "Peer frames refused because their checksum did not match their bytes.",
+                &g.peer_frames_corrupt,
             ),
         ] {
             counter(out, name, help, v.load(Ordering::Relaxed));

@@ -641,3 +641,26 @@ fn one_peer_frame_at_the_body_limit_peaks_at_a_small_multiple_of_its_size() {
     assert_eq!(n.get("/health/ready").status, 200);
     assert_eq!(common::count(&n, "big"), 4_300);
 }
+
+#[test]
+fn a_signed_peer_frame_with_a_flipped_bit_is_refused_counted_and_changes_nothing() {
+    // The flipped bit sits in the record's counter: without the checksum it
+    // would decode as a version far ahead of every other.
+    let (n, fake) = node_with_fake_peer("peer-corrupt", &[]);
+    let from = NodeId::parse(&fake).unwrap();
+    let delta =
+        PeerMessage::Delta { records: vec![record(&fake, "flipped", "10.9.0.2", common::unix_ms() << 16)] };
+    let mut frame = encode(&from, &delta);
+    let last = frame.len() - 1;
+    frame[last - 40] ^= 0x04;
+    let r = post_signed(&n, &fake, &nonce(1), &frames_body(&[frame]));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("checksum"), "{}", r.text());
+    assert_eq!(metric(&n, "muster_peer_frames_corrupt_total"), Some(1.0));
+    assert_eq!(common::count(&n, "flipped"), 0, "nothing of the corrupted frame was merged");
+    // The same frame intact is taken.
+    let r = post_signed(&n, &fake, &nonce(2), &frames_body(&[encode(&from, &delta)]));
+    assert_eq!(r.status, 204, "{}", r.text());
+    common::wait_until(Duration::from_secs(5), "the intact record", || common::count(&n, "flipped") == 1);
+    assert_eq!(metric(&n, "muster_peer_frames_corrupt_total"), Some(1.0));
+}

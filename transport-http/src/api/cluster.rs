@@ -70,7 +70,13 @@ pub(super) fn messages(
     // their length prefix, before anything behind it is decoded.
     let max_items = state.settings.core.limits.max_incoming_records.max(muster_core::BUCKETS);
     for frame in frames {
-        let (from, msg) = decode_within(frame, max_items).map_err(|e| refuse(e.to_string()))?;
+        let (from, msg) = decode_within(frame, max_items).map_err(|e| {
+            if matches!(e, muster_core::MessageError::Checksum { .. }) {
+                state.metrics.guard.peer_frames_corrupt.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %signer, "a peer frame failed its checksum; the request is refused");
+            }
+            refuse(e.to_string())
+        })?;
         if &from != signer {
             return Err(refuse(format!(
                 "a frame says it is from {:?} but the request is signed by {signer}",
