@@ -27,11 +27,17 @@ pub enum Bug {
     /// A register of an instance held live with the same data issues no new
     /// version (issue 9, 3).
     SameVersionRegister,
+    /// A derived write (health mark, lift, refutation, expiry) takes the
+    /// smallest counter above the record it judged instead of keeping its
+    /// client write's counter (issue 9, 4b).
+    DerivedPlusOne,
+    /// A node ignores a client's `after` token (issue 9, 4a).
+    NoAfterToken,
 }
 
 impl Bug {
     /// Every bug, in the order of the mutation table.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 11] = [
         Bug::KeepOlderOnMerge,
         Bug::NoRefute,
         Bug::NoLift,
@@ -41,6 +47,8 @@ impl Bug {
         Bug::AntiEntropyPrefix,
         Bug::GlobalGrace,
         Bug::SameVersionRegister,
+        Bug::DerivedPlusOne,
+        Bug::NoAfterToken,
     ];
 
     /// The bug's name on the simulator's command line (`--bug NAME`).
@@ -55,6 +63,8 @@ impl Bug {
             Bug::AntiEntropyPrefix => "anti-entropy-prefix",
             Bug::GlobalGrace => "global-grace",
             Bug::SameVersionRegister => "same-version-register",
+            Bug::DerivedPlusOne => "derived-plus-one",
+            Bug::NoAfterToken => "no-after-token",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod membership;
 pub mod message;
 pub mod model;
 mod node;
+pub mod ordering;
 pub mod record;
 mod registry;
 pub mod request;

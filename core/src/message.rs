@@ -13,7 +13,7 @@ use crate::record::Record;
 
 /// The protocol version this build speaks. Bumped on any incompatible change
 /// of [`PeerMessage`] or the records inside it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A heartbeat forwarded to the node responsible for the instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -392,7 +392,28 @@ impl Node {
             Request::PutService(k, u) => Reply::Service(self.put_service(now, &k, u)?),
             Request::DeleteService(k) => self.delete_service(now, &k).map(|()| Reply::Done)?,
             Request::Namespaces => Reply::Namespaces(self.namespaces()),
+            Request::Ordered { after, request } => {
+                self.observe_client(now, after)?;
+                let reply = self.handle_request(now, *request)?;
+                Reply::Ordered { counter: self.version_counter(), reply: Box::new(reply) }
+            }
         })
+    }
+
+    /// Takes a client's ordering token: the highest version counter the
+    /// client has seen from any node (0 for none). The node's clock observes
+    /// it, so the client's next write here gets a version above every write
+    /// it made before, on any node, whatever the skew between them: one
+    /// client's writes keep their order across failover. A token further
+    /// ahead of this node's clock than `max_clock_skew` is refused (it would
+    /// drag the clock, and every version after it, into the future); nothing
+    /// was changed.
+    pub fn observe_client(&mut self, now: Timestamp, after: u64) -> Result<(), RequestError> {
+        crate::ordering::check_token(self.registry.wall_ms(now), self.config.timings.max_clock_skew, after)?;
+        if !self.registry.bugs.has(crate::bugs::Bug::NoAfterToken) {
+            self.registry.observe(after);
+        }
+        Ok(())
     }
 
     /// Runs a write on the registry: clamps time, refuses while loading,

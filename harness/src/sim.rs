@@ -220,6 +220,10 @@ impl Sim {
         config.brake.share = 1.0; // Mass expiry is what chaos produces; the brake has its own tests.
         config.timings.tombstone_ttl = scenario.tombstone_ttl;
         let skew = muster_core::time::millis(scenario.faults.clock_skew) as i64;
+        // Two nodes differ by up to twice the skew, plus drift and the wall
+        // steps of restarts: keep that inside the tolerated skew.
+        config.timings.max_clock_skew =
+            config.timings.max_clock_skew.max(scenario.faults.clock_skew * 2 + Duration::from_secs(5));
         let drift = i64::from(scenario.faults.drift_ppm);
         let nodes = ids
             .iter()

@@ -660,7 +660,8 @@ fn a_restarted_node_loads_the_registry_before_it_is_ready() {
     // n3 restarts with empty memory.
     let mut c = nodes[2].config().clone();
     c.limits.max_records_per_message = 2; // several snapshot pages
-    c.wall_clock_ms -= 5_000; // and its wall clock went back
+    c.wall_clock_ms -= 5_000; // and its wall clock went back,
+    c.timings.max_clock_skew = Duration::from_secs(10); // within the tolerated skew
     nodes[2] = Node::new(c, at(20)).unwrap();
     assert!(!nodes[2].is_ready());
     run_cluster(&mut nodes, at(30), &no_drop);

@@ -123,9 +123,8 @@ impl Registry {
             };
             data.healthy = true;
             // Derived from the record being refuted, so it wins over it and
-            // still loses to any concurrent client write.
-            let fresh = version.derived(self.me.clone());
-            self.hlc.observe(fresh.counter);
+            // still loses to any client write newer than the one it descends from.
+            let fresh = self.derive(&version);
             self.with_cause(ChangeCause::Refutation, |r| {
                 r.set_instance(index, fresh, InstanceState::Live(data), now, true);
             });
@@ -160,7 +159,7 @@ impl Registry {
         version: &Version,
         state: &InstanceState,
     ) -> Option<Duration> {
-        if version.origin == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
+        if *version.writer() == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
             return None;
         }
         let e = self.instances.get(index)?;
@@ -171,7 +170,7 @@ impl Registry {
             // A client that states its own instance unhealthy asked for it,
             // like a deregistration: only a node's judgement is refuted.
             InstanceState::Live(d) => {
-                d.ephemeral && !d.healthy && current.healthy && version.author == Author::Registry
+                d.ephemeral && !d.healthy && current.healthy && version.author() == Author::Registry
             }
         };
         if !condemns || !e.witnessed {

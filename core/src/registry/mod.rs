@@ -416,6 +416,17 @@ impl Registry {
         self.wall_clock_ms.saturating_add(now.as_millis())
     }
 
+    /// This node's wall clock at `now`, in milliseconds since the Unix epoch.
+    pub(crate) fn wall_ms(&self, now: Timestamp) -> u64 {
+        self.wall(now)
+    }
+
+    /// Advances the version clock past `counter` (a client's ordering token,
+    /// already checked against the skew bound).
+    pub(crate) fn observe(&mut self, counter: u64) {
+        self.hlc.observe(counter);
+    }
+
     /// A fresh version for a client's write.
     fn next_version(&mut self, now: Timestamp) -> Version {
         let wall = self.wall(now);
@@ -423,12 +434,24 @@ impl Registry {
     }
 
     /// The version of this node's own judgement about the instance in slot
-    /// `index`: the smallest above its current version (see
-    /// [`crate::record::Author`]).
+    /// `index`: its current version one step further (see [`Version`]).
     fn derived_version(&mut self, index: u32) -> Option<Version> {
-        let v = self.instances.get(index)?.version.derived(self.me.clone());
-        self.hlc.observe(v.counter);
-        Some(v)
+        let v = self.instances.get(index)?.version.clone();
+        Some(self.derive(&v))
+    }
+
+    /// This node's judgement about a record of version `v`.
+    pub(crate) fn derive(&mut self, v: &Version) -> Version {
+        let mut d = v.derived(self.me.clone());
+        if self.bugs.has(crate::bugs::Bug::DerivedPlusOne) {
+            // The old rule: the smallest counter above the judged record,
+            // which a client write on a lagging node does not pass.
+            d.counter = d.counter.saturating_add(1);
+            d.origin = self.me.clone();
+            d.step = 1;
+        }
+        self.hlc.observe(d.counter);
+        d
     }
 
     // ---- lookups -------------------------------------------------------
@@ -605,8 +628,8 @@ impl Registry {
     ) {
         if self.history.is_some() {
             if let Some(kind) = self.instances.get(index).and_then(|e| classify(Some(&e.state), &state)) {
-                let cause = if local { self.cause } else { merged_cause(version.author, &state) };
-                self.note(now, index, kind, cause, version.origin.clone());
+                let cause = if local { self.cause } else { merged_cause(version.author(), &state) };
+                self.note(now, index, kind, cause, version.writer().clone());
             }
         }
         let Some(e) = self.instances.get_mut(index) else { return };
