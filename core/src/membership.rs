@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::config::Timings;
 use crate::model::NodeId;
+use crate::ordering::{ClockOffset, OffsetEstimator};
 use crate::responsibility::Responsibility;
 use crate::time::Timestamp;
 
@@ -55,6 +56,13 @@ pub struct MemberView {
     /// When its state last changed (local time).
     #[serde(skip)]
     pub since: Timestamp,
+    /// Its clock offset from this node's and the round trip it was measured
+    /// with; `None` for this node and before the first ack.
+    pub clock: Option<ClockOffset>,
+    /// Whether its offset exceeds `max_clock_skew` beyond the estimate's
+    /// uncertainty. For this node: whether most of its peers are so flagged,
+    /// so that its own clock is the likely culprit.
+    pub clock_skewed: bool,
 }
 
 /// A change of a peer's state.
@@ -75,6 +83,8 @@ struct Peer {
     last_heard: Timestamp,
     heard: Option<Timestamp>,
     since: Timestamp,
+    clock: OffsetEstimator,
+    skewed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -90,7 +100,17 @@ impl Membership {
     pub(crate) fn new(me: NodeId, peers: &[NodeId], timings: &Timings, now: Timestamp) -> Membership {
         let peers = peers
             .iter()
-            .map(|p| (p.clone(), Peer { state: PeerState::Up, last_heard: now, heard: None, since: now }))
+            .map(|p| {
+                let peer = Peer {
+                    state: PeerState::Up,
+                    last_heard: now,
+                    heard: None,
+                    since: now,
+                    clock: OffsetEstimator::default(),
+                    skewed: false,
+                };
+                (p.clone(), peer)
+            })
             .collect();
         Membership {
             me,
@@ -163,6 +183,33 @@ impl Membership {
         out
     }
 
+    /// Takes a ping round trip to `id` (`[t1, t2, t3, t4]`, see
+    /// [`crate::ordering`]); returns its estimate and new flag when its skew
+    /// flag changed against `bound`.
+    pub(crate) fn clock_sample(
+        &mut self,
+        id: &NodeId,
+        [t1, t2, t3, t4]: [u64; 4],
+        bound: std::time::Duration,
+    ) -> Option<(ClockOffset, bool)> {
+        let p = self.peers.get_mut(id)?;
+        p.clock.add(t1, t2, t3, t4);
+        let estimate = p.clock.estimate()?;
+        let skewed = estimate.exceeds(bound);
+        if skewed == p.skewed {
+            return None;
+        }
+        p.skewed = skewed;
+        Some((estimate, skewed))
+    }
+
+    /// Whether most peers are flagged skewed: then this node's own clock is
+    /// the likely culprit.
+    pub(crate) fn self_skewed(&self) -> bool {
+        let skewed = self.peers.values().filter(|p| p.skewed).count();
+        skewed > 0 && skewed * 2 > self.peers.len()
+    }
+
     /// Gives every peer a fresh grace period (after this node paused, its
     /// silence says nothing about theirs).
     pub(crate) fn grant_grace(&mut self, now: Timestamp) {
@@ -179,6 +226,8 @@ impl Membership {
             is_self: true,
             last_heard: None,
             since: self.started,
+            clock: None,
+            clock_skewed: self.self_skewed(),
         }];
         out.extend(self.peers.iter().map(|(id, p)| MemberView {
             id: id.clone(),
@@ -186,6 +235,8 @@ impl Membership {
             is_self: false,
             last_heard: p.heard,
             since: p.since,
+            clock: p.clock.estimate(),
+            clock_skewed: p.skewed,
         }));
         out
     }
@@ -235,6 +286,30 @@ mod tests {
         let mut m = members();
         assert_eq!(m.heard_from(Timestamp::ZERO, &id("x:1")), None);
         assert!(!m.is_member(&id("x:1")));
+    }
+
+    #[test]
+    fn a_peer_past_the_skew_bound_is_flagged_and_a_node_skewed_against_most_flags_itself() {
+        let mut m = members();
+        let bound = Duration::from_millis(500);
+        let t = 1_700_000_000_000u64;
+        // b:1 is 2 s ahead over a 10 ms round trip; c:1 is 300 ms behind.
+        assert_eq!(
+            m.clock_sample(&id("b:1"), [t, t + 2_005, t + 2_005, t + 10], bound).map(|x| x.1),
+            Some(true)
+        );
+        assert_eq!(m.clock_sample(&id("b:1"), [t, t + 2_005, t + 2_005, t + 10], bound), None, "no change");
+        assert_eq!(m.clock_sample(&id("c:1"), [t, t - 295, t - 295, t + 10], bound), None);
+        let view = m.view();
+        let b = view.iter().find(|v| v.id == id("b:1")).unwrap();
+        assert_eq!(b.clock, Some(ClockOffset { offset_ms: 2_000, rtt_ms: 10 }));
+        assert!(b.clock_skewed);
+        assert!(!view[0].clock_skewed, "one peer of two is no majority");
+        m.clock_sample(&id("c:1"), [t, t - 995, t - 995, t + 10], bound);
+        assert!(m.view()[0].clock_skewed, "both peers disagree with this node's clock");
+        // An offset within the bound only by its uncertainty is not flagged.
+        let mut m = members();
+        assert_eq!(m.clock_sample(&id("b:1"), [t, t + 700, t + 700, t + 400], bound), None);
     }
 
     #[test]

@@ -31,11 +31,22 @@ pub enum PeerMessage {
     Ping {
         /// Echoed in the ack.
         nonce: u64,
+        /// The sender's wall clock when it sent the ping, ms since the Unix
+        /// epoch (NTP's `t1`).
+        sent_ms: u64,
     },
     /// I am here.
     Ack {
         /// The ping's nonce.
         nonce: u64,
+        /// The ping's `sent_ms`, echoed (`t1`).
+        ping_sent_ms: u64,
+        /// The acker's wall clock when the ping arrived (`t2`).
+        received_ms: u64,
+        /// The acker's wall clock when it sent the ack (`t3`). With the
+        /// receiver's clock on arrival (`t4`) these give the acker's clock
+        /// offset and its uncertainty (see [`crate::ordering`]).
+        sent_ms: u64,
     },
     /// Records changed locally since the last delta.
     Delta {

@@ -66,6 +66,17 @@ pub enum Event {
     /// events out of a full queue: past it they are dropped and counted in
     /// [`NodeStats::instance_events_dropped`].
     InstanceChanged(InstanceChange),
+    /// A peer's measured clock offset crossed `max_clock_skew` (beyond its
+    /// uncertainty), or came back within it. While skewed, its records
+    /// further ahead of this node's clock than the bound are refused.
+    PeerClock {
+        /// The peer.
+        peer: NodeId,
+        /// Its clock offset estimate.
+        offset: crate::ordering::ClockOffset,
+        /// Whether it is now flagged skewed.
+        skewed: bool,
+    },
     /// The queue of local changes for peers overflowed and was dropped;
     /// anti-entropy repairs the difference.
     SyncQueueOverflow {
@@ -94,6 +105,8 @@ pub enum TimerKind {
 pub struct NodeStats {
     /// Registry counters.
     pub registry: RegistryStats,
+    /// Times a peer's clock skew flag changed (see [`Event::PeerClock`]).
+    pub clock_flag_changes: u64,
     /// Peer messages handled.
     pub messages_in: u64,
     /// Peer messages produced.
@@ -615,11 +628,16 @@ impl Node {
 
     fn dispatch(&mut self, now: Timestamp, from: &NodeId, msg: PeerMessage) -> Result<(), MessageError> {
         match msg {
-            PeerMessage::Ping { nonce } => {
-                self.transmit(from.clone(), PeerMessage::Ack { nonce });
+            PeerMessage::Ping { nonce, sent_ms } => {
+                let at = self.registry.wall_ms(now);
+                let ack = PeerMessage::Ack { nonce, ping_sent_ms: sent_ms, received_ms: at, sent_ms: at };
+                self.transmit(from.clone(), ack);
                 Ok(())
             }
-            PeerMessage::Ack { .. } => Ok(()),
+            PeerMessage::Ack { ping_sent_ms, received_ms, sent_ms, .. } => {
+                self.clock_sample(now, from, [ping_sent_ms, received_ms, sent_ms]);
+                Ok(())
+            }
             PeerMessage::Delta { records } => self.merge_all(now, records),
             PeerMessage::Beats { beats } => {
                 for b in beats {
@@ -906,7 +924,23 @@ impl Node {
         let peers: Vec<NodeId> = self.members.peer_ids().cloned().collect();
         for peer in peers {
             self.ping_nonce = self.ping_nonce.wrapping_add(1);
-            self.transmit(peer, PeerMessage::Ping { nonce: self.ping_nonce });
+            let sent_ms = self.registry.wall_ms(now);
+            self.transmit(peer, PeerMessage::Ping { nonce: self.ping_nonce, sent_ms });
+        }
+    }
+
+    /// Takes one ping round trip to `from` (`t1`, `t2`, `t3`; `t4` is now)
+    /// into its clock offset estimate; announces a change of its skew flag.
+    fn clock_sample(&mut self, now: Timestamp, from: &NodeId, [t1, t2, t3]: [u64; 3]) {
+        let t4 = self.registry.wall_ms(now);
+        // An answer older than the down time says nothing about now.
+        if t4.saturating_sub(t1) > crate::time::millis(self.config.timings.down_after) {
+            return;
+        }
+        let bound = self.config.timings.max_clock_skew;
+        if let Some((offset, skewed)) = self.members.clock_sample(from, [t1, t2, t3, t4], bound) {
+            self.stats.clock_flag_changes += 1;
+            self.push_event(Event::PeerClock { peer: from.clone(), offset, skewed });
         }
     }
 

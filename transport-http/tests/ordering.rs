@@ -16,6 +16,16 @@ const SECRET: &str = "test-cluster-secret-0123456789abcdef\n";
 /// Two peers, each with its own data directory and secret file; node 1's
 /// wall clock runs `skew_ms` ahead of node 2's.
 fn pair(name: &str, skew_ms: i64, secrets: [&str; 2]) -> (Vec<Node>, std::path::PathBuf) {
+    pair_within(name, skew_ms, secrets, "5000")
+}
+
+/// [`pair`] with the tolerated skew `max_skew_ms`.
+fn pair_within(
+    name: &str,
+    skew_ms: i64,
+    secrets: [&str; 2],
+    max_skew_ms: &str,
+) -> (Vec<Node>, std::path::PathBuf) {
     let dir = scratch(name);
     let ports = free_ports(2);
     let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
@@ -26,7 +36,8 @@ fn pair(name: &str, skew_ms: i64, secrets: [&str; 2]) -> (Vec<Node>, std::path::
             let secret = dir.join(format!("secret-{i}"));
             std::fs::write(&secret, secrets[i]).unwrap();
             let offset = if i == 0 { skew_ms } else { 0 };
-            let mut args = common::fast_with(&["--startup-timeout-ms", "500", "--max-clock-skew-ms", "5000"]);
+            let mut args =
+                common::fast_with(&["--startup-timeout-ms", "500", "--max-clock-skew-ms", max_skew_ms]);
             args.extend([
                 "--peers".to_owned(),
                 peers.clone(),
@@ -109,4 +120,45 @@ fn a_malformed_token_or_one_beyond_the_skew_bound_is_refused_naming_after() {
     assert_eq!(r.status, 200, "{}", r.text());
     let next: u64 = r.header("muster-counter").unwrap().parse().unwrap();
     assert!(next > token);
+}
+
+#[test]
+fn cluster_nodes_show_each_peers_clock_offset_and_flag_one_beyond_the_bound() {
+    // Node 1 runs 2 s ahead of node 2; the bound is the default 500 ms.
+    let (nodes, _dir) = pair_within("ordering-offsets", 2_000, [SECRET, SECRET], "500");
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(15));
+    }
+    let peer_entry = |n: &Node, peer: &Node| {
+        let body = n.get("/v1/cluster/nodes").json();
+        body["nodes"].as_array().unwrap().iter().find(|e| e["id"] == peer.addr.as_str()).cloned().unwrap()
+    };
+    wait_until(Duration::from_secs(10), "both nodes to flag the other skewed", || {
+        peer_entry(&nodes[1], &nodes[0])["clock"] == "skewed"
+            && peer_entry(&nodes[0], &nodes[1])["clock"] == "skewed"
+    });
+    let seen_by_2 = peer_entry(&nodes[1], &nodes[0]);
+    let offset = seen_by_2["clock_offset_ms"].as_i64().unwrap();
+    let rtt = seen_by_2["rtt_ms"].as_i64().unwrap();
+    assert!((offset - 2_000).abs() <= rtt / 2 + 1, "offset {offset} ms with a {rtt} ms round trip");
+    let seen_by_1 = peer_entry(&nodes[0], &nodes[1]);
+    assert!(
+        (seen_by_1["clock_offset_ms"].as_i64().unwrap() + 2_000).abs()
+            <= rtt.max(seen_by_1["rtt_ms"].as_i64().unwrap()) / 2 + 1
+    );
+    let me = nodes[1].get("/v1/cluster/nodes").json();
+    let own = me["nodes"].as_array().unwrap().iter().find(|e| e["is_self"] == true).cloned().unwrap();
+    assert_eq!(own["clock_offset_ms"], 0);
+    let skewed =
+        common::metric(&nodes[1], &format!("muster_peer_clock_skewed{{peer=\"{}\"}}", nodes[0].addr));
+    assert_eq!(skewed, Some(1.0));
+    // A write on the node ahead reaches node 2 as a record 2 s in its
+    // future: refused and counted.
+    let r = nodes[0].req("POST", "/v1/instances", Some(&common::instance("ahead", "10.9.0.3", 80)));
+    assert_eq!(r.status, 200);
+    wait_until(Duration::from_secs(5), "node 2 to refuse the record", || {
+        common::metric(&nodes[1], "muster_sync_records_refused_ahead_total").is_some_and(|v| v >= 1.0)
+    });
+    assert_eq!(count(&nodes[1], "ahead"), 0);
+    assert!(nodes[1].log().contains("fix NTP"), "the operator is told what to do");
 }

@@ -809,7 +809,8 @@ fn run_cluster_filtered(nodes: &mut [Node], until: Timestamp, from: &NodeId) {
 fn messages_from_strangers_and_oversized_messages_are_refused() {
     let mut nodes = cluster(2);
     let stranger = id("x:1");
-    let err = nodes[0].handle_message(at(0), &stranger, PeerMessage::Ping { nonce: 1 }).unwrap_err();
+    let err =
+        nodes[0].handle_message(at(0), &stranger, PeerMessage::Ping { nonce: 1, sent_ms: 0 }).unwrap_err();
     assert!(matches!(err, MessageError::UnknownPeer(_)));
     let peer = nodes[1].id().clone();
     let beats = vec![

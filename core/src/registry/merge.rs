@@ -41,7 +41,12 @@ pub(crate) enum MergeOutcome {
 impl Registry {
     /// Merges one record received from a peer.
     pub(crate) fn merge(&mut self, now: Timestamp, record: Record) -> MergeOutcome {
-        if let Err(why) = self.check_record(now, &record) {
+        if let Err(why) = self.check_ahead(now, &record) {
+            self.stats.rejected += 1;
+            self.stats.rejected_ahead += 1;
+            return MergeOutcome::Rejected(why);
+        }
+        if let Err(why) = self.check_record(&record) {
             self.stats.rejected += 1;
             return MergeOutcome::Rejected(why);
         }
@@ -61,7 +66,9 @@ impl Registry {
         outcome
     }
 
-    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), String> {
+    /// Refuses a record further ahead of this node's wall clock than
+    /// `max_clock_skew` (its version, or its removal time).
+    fn check_ahead(&self, now: Timestamp, record: &Record) -> Result<(), String> {
         let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
         let removed_at = match record {
             Record::Instance { state, .. } => state.removed_at_ms(),
@@ -74,6 +81,10 @@ impl Registry {
                 record.version()
             ));
         }
+        Ok(())
+    }
+
+    fn check_record(&self, record: &Record) -> Result<(), String> {
         let metadata_limits = self.limits.metadata();
         match record {
             Record::Instance { state: InstanceState::Live(d), .. } => {

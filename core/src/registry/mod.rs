@@ -190,6 +190,9 @@ pub struct RegistryStats {
     pub stale: u64,
     /// Records from peers refused (invalid or over a limit).
     pub rejected: u64,
+    /// Of those, records further ahead of this node's clock than
+    /// `max_clock_skew` (from a skewed peer, or a corrupted counter).
+    pub rejected_ahead: u64,
     /// Tombstones purged.
     pub purged: u64,
     /// Health changes of persistent instances made by active checks.
