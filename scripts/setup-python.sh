@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 venv=target/venv
 req=scripts/requirements-test.txt
 stamp=$venv/.requirements
+# Test binaries run in parallel may all call this on a fresh tree: one sets
+# the venv up while the others wait for it, then find it ready.
+mkdir -p target
+exec 9>target/.venv.lock
+flock 9
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
   echo "$PWD/$venv/bin/python"
   exit 0

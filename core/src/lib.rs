@@ -19,19 +19,21 @@ pub mod hash;
 pub mod health;
 pub mod history;
 pub mod lease;
-pub mod membership;
 pub mod message;
 pub mod model;
 mod node;
 pub mod ordering;
 pub mod record;
-mod registry;
 pub mod request;
-pub mod responsibility;
-mod slab;
+mod server_nodes;
+mod service_manager;
 mod small;
+mod storage;
+mod sync;
 pub mod time;
 pub mod view;
+
+pub use server_nodes::{membership, responsibility};
 
 pub use config::{BrakeConfig, Config, Limits, Timings};
 pub use error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
@@ -41,9 +43,9 @@ pub use message::{ForwardedBeat, PROTOCOL_VERSION, PeerMessage};
 pub use model::{Host, InstanceData, InstanceKey, Metadata, Name, NodeId, ServiceKey, ServiceMeta};
 pub use node::{Event, Node, NodeStats, PeerDigest, TimerKind, Transmit};
 pub use record::{InstanceState, Record, RemoveCause, ServiceState, Version};
-pub use registry::RegistryStats;
-pub use registry::digest::{BUCKETS, Digest};
 pub use request::{BeatReply, RegisterRequest, Registered, Reply, Request, ServiceUpdate, UpdateRequest};
+pub use service_manager::RegistryStats;
+pub use storage::digest::{BUCKETS, Digest};
 pub use time::Timestamp;
 pub use view::{
     Checksum, InstanceView, NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage,

@@ -1,25 +1,26 @@
 //! [`Node`]: one registry node as a state machine.
 //!
-//! A node owns the registry (Service Manager and Storage), the membership
-//! (Server Node Manager) and the sync state (Sync Manager), drains them after
-//! every input, and exposes the outputs through `poll_*`.
+//! A node owns the seed's four managers: the registry (the Service Manager,
+//! `crate::service_manager`, with its Storage, `crate::storage`), the
+//! membership (the Server Node Manager, `crate::server_nodes`) and the Sync
+//! Manager (`crate::sync`). It feeds them every input, drains them after it,
+//! translates one manager's output into another's input, and exposes the
+//! outputs through `poll_*`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{ConfigError, Field, InvalidInput, MessageError, RequestError};
-use crate::hash::SplitMix64;
 use crate::history::InstanceChange;
 use crate::membership::{MemberView, Membership, PeerState, Transition};
-use crate::message::{ForwardedBeat, PeerMessage};
+use crate::message::PeerMessage;
 use crate::model::{InstanceKey, NodeId, ServiceKey};
 use crate::record::Record;
-use crate::registry::digest::{BUCKETS, Digest};
-use crate::registry::repair::{self, Unit};
-use crate::registry::{BeatOutcome, MergeOutcome, RecordRef, Registry, RegistryStats};
 use crate::request::{BeatReply, RegisterRequest, Registered, Reply, Request, ServiceUpdate, UpdateRequest};
-use crate::slab::Handle;
+use crate::service_manager::{BeatOutcome, RegistryStats, ServiceManager};
+use crate::storage::digest::{BUCKETS, Digest};
+use crate::sync::SyncManager;
 use crate::time::{Clock, Timestamp};
 use crate::view::{
     NamespaceSummary, QueryAnswer, Selector, ServiceFilter, ServicePage, ServiceSummary, ServiceView,
@@ -103,7 +104,7 @@ pub enum TimerKind {
 /// Counters for logs and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Registry counters.
+    /// Service Manager and Storage counters.
     pub registry: RegistryStats,
     /// Times a peer's clock skew flag changed (see [`Event::PeerClock`]).
     pub clock_flag_changes: u64,
@@ -149,21 +150,6 @@ pub struct PeerDigest {
     pub matched: bool,
 }
 
-/// A starting node loading the registry from its peers.
-#[derive(Clone, Debug)]
-struct Loading {
-    /// Peers in the order they are asked.
-    order: Vec<NodeId>,
-    /// Index in `order` of the peer being asked.
-    at: usize,
-    cursor: u64,
-    asked_at: Timestamp,
-    /// Peers asked so far: a late answer from any of them is taken.
-    asked: BTreeSet<NodeId>,
-    not_ready: BTreeSet<NodeId>,
-    give_up_at: Timestamp,
-}
-
 /// One registry node.
 ///
 /// # Run loop
@@ -178,25 +164,16 @@ struct Loading {
 pub struct Node {
     config: Config,
     clock: Clock,
-    registry: Registry,
+    registry: ServiceManager,
     members: Membership,
-    rng: SplitMix64,
-    loading: Option<Loading>,
-    /// Local changes not yet flushed to peers.
-    pending: BTreeSet<RecordRef>,
-    /// Heartbeats to forward, by responsible peer: slot -> when seen.
-    forward: BTreeMap<NodeId, BTreeMap<Handle, Timestamp>>,
-    flush_at: Option<Timestamp>,
+    sync: SyncManager,
     tick_at: Timestamp,
     last_tick: Timestamp,
-    anti_entropy_at: Timestamp,
     ping_nonce: u64,
     brake_engaged: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: NodeStats,
-    /// The last digest root of each peer (at most one entry per peer).
-    peer_digests: BTreeMap<NodeId, PeerDigest>,
 }
 
 impl Node {
@@ -205,9 +182,8 @@ impl Node {
     /// ready at once.
     pub fn new(config: Config, now: Timestamp) -> Result<Node, ConfigError> {
         config.validate()?;
-        let mut rng = SplitMix64::new(config.seed);
         let members = Membership::new(config.node_id.clone(), &config.peers, &config.timings, now);
-        let mut registry = Registry::new(
+        let mut registry = ServiceManager::new(
             config.node_id.clone(),
             config.wall_clock_ms,
             config.timings.clone(),
@@ -216,54 +192,24 @@ impl Node {
         );
         registry.set_responsibility(members.responsibility());
         registry.grant_grace(now);
-        let first_ae = now + jitter(&mut rng, config.timings.anti_entropy_interval);
+        let sync = SyncManager::new(&config, now);
         let mut node = Node {
             clock: Clock::default(),
             registry,
             members,
-            rng,
-            loading: None,
-            pending: BTreeSet::new(),
-            forward: BTreeMap::new(),
-            flush_at: None,
+            sync,
             tick_at: now,
             last_tick: now,
-            anti_entropy_at: first_ae,
             ping_nonce: 0,
             brake_engaged: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
-            peer_digests: BTreeMap::new(),
             config,
         };
         node.clock.observe(now);
-        node.start_loading(now);
+        node.drain_sync();
         Ok(node)
-    }
-
-    fn start_loading(&mut self, now: Timestamp) {
-        let mut order: Vec<NodeId> = self.config.peers.clone();
-        if order.is_empty() {
-            self.push_event(Event::Ready { loaded_from: None });
-            return;
-        }
-        // Seeded shuffle, so that starting nodes spread over their peers.
-        for i in (1..order.len()).rev() {
-            let j = self.rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
-        let give_up_at = now + self.config.timings.startup_timeout;
-        self.loading = Some(Loading {
-            order,
-            at: 0,
-            cursor: 0,
-            asked_at: now,
-            asked: BTreeSet::new(),
-            not_ready: BTreeSet::new(),
-            give_up_at,
-        });
-        self.ask_snapshot(now, 0);
     }
 
     // ---- getters -------------------------------------------------------
@@ -271,19 +217,19 @@ impl Node {
     /// The last digest root `peer` sent, and whether it matched this node's
     /// then; `None` before its first anti-entropy round.
     pub fn peer_digest(&self, peer: &NodeId) -> Option<PeerDigest> {
-        self.peer_digests.get(peer).copied()
+        self.sync.peer_digest(peer)
     }
 
     /// When this node last had evidence of life of a live instance (a beat,
     /// its registration, or its arrival from a peer); `None` if not live.
     pub fn last_beat(&self, key: &InstanceKey) -> Option<Timestamp> {
-        self.registry.last_beat(key)
+        self.registry.store().last_beat(key)
     }
 
     /// Live instances on host `ip` (and `port`, if given) in every
     /// namespace and service, at most `max`. Scans every instance.
     pub fn instances_on(&self, ip: &crate::model::Host, port: Option<u16>, max: usize) -> Vec<InstanceKey> {
-        self.registry.instances_on(ip, port, max)
+        self.registry.store().instances_on(ip, port, max)
     }
 
     /// This node's id.
@@ -298,7 +244,7 @@ impl Node {
 
     /// Whether the node has loaded the registry and accepts writes.
     pub fn is_ready(&self) -> bool {
-        self.loading.is_none()
+        self.sync.is_ready()
     }
 
     /// Every member of the cluster as this node sees it, itself first.
@@ -318,7 +264,7 @@ impl Node {
 
     /// The store digest: equal on nodes that hold the same records.
     pub fn digest(&self) -> &Digest {
-        self.registry.digest()
+        self.registry.store().digest()
     }
 
     /// The latest hybrid-clock counter issued or observed.
@@ -333,7 +279,18 @@ impl Node {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        NodeStats { registry: self.registry.stats(), pending_changes: self.pending.len(), ..self.stats }
+        let sync = self.sync.stats();
+        NodeStats {
+            registry: self.registry.stats(),
+            pending_changes: self.sync.pending_len(),
+            delta_records_out: sync.delta_records_out,
+            anti_entropy_rounds: sync.anti_entropy_rounds,
+            anti_entropy_repairs: sync.anti_entropy_repairs,
+            beats_forwarded: sync.beats_forwarded,
+            changes_dropped: sync.changes_dropped,
+            beats_dropped: sync.beats_dropped,
+            ..self.stats
+        }
     }
 
     /// Events dropped because their queue was full (cheap; `stats` is not).
@@ -343,12 +300,12 @@ impl Node {
 
     /// Every record held, tombstones included (tests, simulator, debugging).
     pub fn records(&self) -> Vec<Record> {
-        self.registry.all_records()
+        self.registry.store().all_records()
     }
 
     /// The record of one instance, live or tombstone.
     pub fn instance_record(&self, key: &InstanceKey) -> Option<Record> {
-        self.registry.instance_record_of(key)
+        self.registry.store().instance_record_of(key)
     }
 
     /// Injects a deliberate bug (simulator only): from now on merge keeps the
@@ -368,7 +325,7 @@ impl Node {
 
     /// Every live instance with its data (tests, simulator, debugging).
     pub fn live_instances(&self) -> BTreeMap<InstanceKey, crate::model::InstanceData> {
-        self.registry.live_instances()
+        self.registry.store().live_instances()
     }
 
     /// Checks every structural invariant and every bound; panics with a
@@ -376,14 +333,11 @@ impl Node {
     #[cfg(any(test, debug_assertions, feature = "invariants"))]
     pub fn check_invariants(&self) {
         self.registry.check_invariants();
+        self.sync.check_invariants();
         let l = &self.config.limits;
-        assert!(self.pending.len() <= l.max_pending_changes, "pending changes bounded");
         assert!(self.transmits.len() <= l.max_queued_transmits, "transmit queue bounded");
         assert!(self.events.len() <= l.max_queued_events, "event queue bounded");
-        for beats in self.forward.values() {
-            assert!(beats.len() <= l.max_forwarded_beats, "forwarded beats bounded");
-        }
-        assert!(self.registry.instance_count() <= l.max_instances, "instances bounded");
+        assert!(self.registry.store().instance_count() <= l.max_instances, "instances bounded");
     }
 
     // ---- client operations ---------------------------------------------
@@ -434,7 +388,7 @@ impl Node {
     fn write<T>(
         &mut self,
         now: Timestamp,
-        op: impl FnOnce(&mut Registry, Timestamp) -> Result<T, RequestError>,
+        op: impl FnOnce(&mut ServiceManager, Timestamp) -> Result<T, RequestError>,
     ) -> Result<T, RequestError> {
         let now = self.clock.observe(now);
         self.writable()?;
@@ -504,21 +458,9 @@ impl Node {
     fn beat(&mut self, now: Timestamp, key: &InstanceKey) -> BeatReply {
         let outcome = self.registry.heartbeat(now, key, Duration::ZERO, false);
         if let BeatOutcome::Known { forward_to: Some(owner), .. } = &outcome {
-            self.queue_forward(now, owner.clone(), key);
+            self.sync.handle_forward(now, &self.registry, owner.clone(), key);
         }
-        Registry::beat_reply(&outcome)
-    }
-
-    fn queue_forward(&mut self, now: Timestamp, owner: NodeId, key: &InstanceKey) {
-        let Some(slot) = self.registry.slot_of(key).and_then(|i| self.registry.handle_of(i)) else { return };
-        let max = self.config.limits.max_forwarded_beats;
-        let beats = self.forward.entry(owner).or_default();
-        if beats.len() < max || beats.contains_key(&slot) {
-            beats.insert(slot, now);
-            self.arm_flush(now);
-        } else {
-            self.stats.beats_dropped += 1;
-        }
+        ServiceManager::beat_reply(&outcome)
     }
 
     /// Answers a query of one service. An unknown service answers with no
@@ -537,7 +479,7 @@ impl Node {
     /// The current view of a service (all live instances), shared until the
     /// service next changes. Transports publish these as read snapshots.
     pub fn service_view(&mut self, key: &ServiceKey) -> std::sync::Arc<ServiceView> {
-        self.registry.view(key)
+        self.registry.store_mut().view(key)
     }
 
     /// A page of the services of a namespace.
@@ -585,7 +527,7 @@ impl Node {
     /// Every service the node holds any record of (live instances,
     /// tombstones or explicit settings), for republishing views.
     pub fn service_keys(&self) -> Vec<ServiceKey> {
-        self.registry.service_keys()
+        self.registry.store().service_keys()
     }
 
     /// Deletes a service; refuses while it has instances.
@@ -632,227 +574,17 @@ impl Node {
                 let at = self.registry.wall_ms(now);
                 let ack = PeerMessage::Ack { nonce, ping_sent_ms: sent_ms, received_ms: at, sent_ms: at };
                 self.transmit(from.clone(), ack);
-                Ok(())
+                return Ok(());
             }
             PeerMessage::Ack { ping_sent_ms, received_ms, sent_ms, .. } => {
                 self.clock_sample(now, from, [ping_sent_ms, received_ms, sent_ms]);
-                Ok(())
+                return Ok(());
             }
-            PeerMessage::Delta { records } => self.merge_all(now, records),
-            PeerMessage::Beats { beats } => {
-                for b in beats {
-                    let age = Duration::from_millis(b.age_ms);
-                    self.registry.heartbeat(now, &b.key, age, true);
-                }
-                Ok(())
-            }
-            PeerMessage::DigestRoot { root } => {
-                let matched = root == self.registry.digest().root();
-                if self.members.state(from).is_some() {
-                    self.peer_digests.insert(from.clone(), PeerDigest { at: now, root, matched });
-                }
-                if self.is_ready() && root != self.registry.digest().root() {
-                    let buckets = self.registry.digest().buckets().to_vec();
-                    self.transmit(from.clone(), PeerMessage::DigestBuckets { buckets });
-                }
-                Ok(())
-            }
-            PeerMessage::DigestBuckets { buckets } => {
-                self.answer_buckets(from, &buckets);
-                Ok(())
-            }
-            PeerMessage::BucketRecords { buckets, records, reply } => {
-                if reply {
-                    self.reply_records(from, Unit::Bucket, buckets.iter().map(|b| u16::from(*b)).collect());
-                }
-                self.merge_all(now, records)
-            }
-            PeerMessage::DigestLeaves { buckets, leaves } => {
-                self.answer_leaves(from, &buckets, &leaves);
-                Ok(())
-            }
-            PeerMessage::LeafRecords { leaves, records, reply } => {
-                if reply {
-                    self.reply_records(from, Unit::Leaf, leaves.iter().copied().collect());
-                }
-                self.merge_all(now, records)
-            }
-            PeerMessage::SnapshotRequest { cursor } => {
-                let msg = if self.is_ready() {
-                    let (records, next) =
-                        self.registry.snapshot_page(cursor, self.config.limits.max_records_per_message);
-                    PeerMessage::Snapshot { records, next, ready: true }
-                } else {
-                    PeerMessage::Snapshot { records: Vec::new(), next: None, ready: false }
-                };
-                self.transmit(from.clone(), msg);
-                Ok(())
-            }
-            PeerMessage::Snapshot { records, next, ready } => {
-                let merged = self.merge_all(now, records);
-                self.snapshot_page(now, from, next, ready);
-                merged
-            }
+            _ => {}
         }
-    }
-
-    /// Anti-entropy, step 3: the peer's bucket hashes arrived. If the
-    /// differing buckets hold few enough records here, they go at once (every
-    /// one of them: the peer settles those buckets and answers with its own);
-    /// otherwise the leaf hashes under them go first, so that only the
-    /// records of differing leaves cross.
-    fn answer_buckets(&mut self, from: &NodeId, theirs: &[u64]) {
-        if !self.is_ready() {
-            return;
-        }
-        let differing = self.registry.digest().differing(theirs);
-        if differing.is_empty() {
-            return;
-        }
-        self.stats.anti_entropy_repairs += 1;
-        let max = self.config.limits.max_records_per_message;
-        let units: BTreeSet<u16> = differing.iter().map(|b| u16::from(*b)).collect();
-        let leaf_budget = self.leaf_budget();
-        let bug = self.registry.bugs.has(crate::bugs::Bug::AntiEntropyPrefix);
-        if bug || leaf_budget == 0 || self.registry.count_in(Unit::Bucket, &units) <= max {
-            let (covered, records) = self.registry.records_in_units(Unit::Bucket, &units, max);
-            let buckets = covered.iter().map(|u| *u as u8).collect();
-            self.transmit(from.clone(), PeerMessage::BucketRecords { buckets, records, reply: true });
-            return;
-        }
-        // Whole buckets of leaf hashes, as many as fit in the budget.
-        let set: BTreeSet<u8> = differing.iter().copied().collect();
-        let all = self.registry.leaf_hashes(&set);
-        let mut buckets = Vec::new();
-        let mut leaves = Vec::new();
-        for b in differing {
-            let from_at = all.partition_point(|(l, _)| repair::bucket_of_leaf(*l) < b);
-            let to = all.partition_point(|(l, _)| repair::bucket_of_leaf(*l) <= b);
-            let mine = &all[from_at..to];
-            if !buckets.is_empty() && leaves.len() + mine.len() > leaf_budget {
-                break;
-            }
-            buckets.push(b);
-            leaves.extend_from_slice(mine);
-        }
-        self.transmit(from.clone(), PeerMessage::DigestLeaves { buckets, leaves });
-    }
-
-    /// Leaf hashes per `DigestLeaves` message; 0 turns the leaf level off.
-    fn leaf_budget(&self) -> usize {
-        self.config.limits.max_records_per_message * crate::message::LEAVES_PER_ITEM
-    }
-
-    /// Anti-entropy, step 4: the peer's leaf hashes arrived; send the records
-    /// of the leaves that differ and ask for the peer's.
-    fn answer_leaves(&mut self, from: &NodeId, buckets: &[u8], theirs: &[(u16, u64)]) {
-        if !self.is_ready() {
-            return;
-        }
-        let set: BTreeSet<u8> = buckets.iter().copied().collect();
-        let theirs: BTreeMap<u16, u64> =
-            theirs.iter().filter(|(l, _)| set.contains(&repair::bucket_of_leaf(*l))).copied().collect();
-        let mine: BTreeMap<u16, u64> = self.registry.leaf_hashes(&set).into_iter().collect();
-        let differing: BTreeSet<u16> = mine
-            .iter()
-            .filter(|(l, h)| theirs.get(l) != Some(h))
-            .map(|(l, _)| *l)
-            .chain(theirs.keys().filter(|l| !mine.contains_key(l)).copied())
-            .collect();
-        if differing.is_empty() {
-            return;
-        }
-        let max = self.config.limits.max_records_per_message;
-        let (leaves, records) = self.registry.records_in_units(Unit::Leaf, &differing, max);
-        self.transmit(from.clone(), PeerMessage::LeafRecords { leaves, records, reply: true });
-    }
-
-    /// The answer to records sent with `reply`: this node's records of the
-    /// units covered (taken before merging the peer's), whole units, as many
-    /// as fit in one message. Units left out settle in a later round.
-    fn reply_records(&mut self, from: &NodeId, unit: Unit, units: BTreeSet<u16>) {
-        let max = self.config.limits.max_records_per_message;
-        let (covered, records) = self.registry.records_in_units(unit, &units, max);
-        let msg = match unit {
-            Unit::Bucket => {
-                let buckets = covered.iter().map(|u| *u as u8).collect();
-                PeerMessage::BucketRecords { buckets, records, reply: false }
-            }
-            Unit::Leaf => PeerMessage::LeafRecords { leaves: covered, records, reply: false },
-        };
-        self.transmit(from.clone(), msg);
-    }
-
-    fn merge_all(&mut self, now: Timestamp, records: Vec<Record>) -> Result<(), MessageError> {
-        let mut rejected = 0;
-        let mut first = None;
-        for r in records {
-            match self.registry.merge(now, r) {
-                MergeOutcome::Rejected(why) => {
-                    rejected += 1;
-                    first.get_or_insert(why);
-                }
-                MergeOutcome::Refuted { key, age } => self.forward_refutation(now, &key, age),
-                MergeOutcome::Applied | MergeOutcome::Stale => {}
-            }
-        }
-        match first {
-            None => Ok(()),
-            Some(first) => Err(MessageError::RecordsRejected { rejected, first }),
-        }
-    }
-
-    /// Tells the responsible node about the beat that refuted its expiry.
-    fn forward_refutation(&mut self, now: Timestamp, key: &InstanceKey, age: Duration) {
-        let owner = self.responsible_for(key);
-        if owner != self.config.node_id {
-            self.queue_forward(now.saturating_sub(age), owner, key);
-        }
-    }
-
-    fn snapshot_page(&mut self, now: Timestamp, from: &NodeId, next: Option<u64>, ready: bool) {
-        let Some(l) = self.loading.as_mut() else { return };
-        // Any peer asked during this startup may answer, even late: its
-        // records are merged already, and paging continues where it says.
-        let Some(at) = l.order.iter().position(|p| p == from).filter(|_| l.asked.contains(from)) else {
-            return;
-        };
-        if !ready {
-            l.not_ready.insert(from.clone());
-            if l.not_ready.len() >= l.order.len() {
-                // Every peer is starting too: a cold start of the whole cluster.
-                self.become_ready(None);
-            } else if at == l.at {
-                self.next_snapshot_peer(now);
-            }
-            return;
-        }
-        l.at = at;
-        match next {
-            Some(cursor) => self.ask_snapshot(now, cursor),
-            None => self.become_ready(Some(from.clone())),
-        }
-    }
-
-    fn ask_snapshot(&mut self, now: Timestamp, cursor: u64) {
-        let Some(l) = self.loading.as_mut() else { return };
-        l.asked_at = now;
-        l.cursor = cursor;
-        if let Some(peer) = l.order.get(l.at).cloned() {
-            l.asked.insert(peer.clone());
-            self.transmit(peer, PeerMessage::SnapshotRequest { cursor });
-        }
-    }
-
-    fn next_snapshot_peer(&mut self, now: Timestamp) {
-        let Some(l) = self.loading.as_mut() else { return };
-        l.at = (l.at + 1) % l.order.len().max(1);
-        self.ask_snapshot(now, 0);
-    }
-
-    fn become_ready(&mut self, loaded_from: Option<NodeId>) {
-        self.loading = None;
-        self.push_event(Event::Ready { loaded_from });
+        let result = self.sync.handle_message(now, from, msg, &mut self.registry, &self.members);
+        self.drain_sync();
+        result
     }
 
     // ---- timers --------------------------------------------------------
@@ -868,15 +600,8 @@ impl Node {
                 }
             }
         };
-        consider(self.flush_at, TimerKind::Flush);
-        if self.members.peer_count() > 0 && self.is_ready() {
-            consider(Some(self.anti_entropy_at), TimerKind::AntiEntropy);
-        }
-        if let Some(l) = &self.loading {
-            consider(
-                Some((l.asked_at + self.config.timings.snapshot_retry).min(l.give_up_at)),
-                TimerKind::Startup,
-            );
+        if let Some((t, k)) = self.sync.poll_timeout(self.members.peer_count() > 0) {
+            consider(Some(t), k);
         }
         consider(self.registry.poll_timeout(), TimerKind::Expiry);
         Some(next)
@@ -889,19 +614,8 @@ impl Node {
         if now >= self.tick_at {
             self.tick(now);
         }
-        if let Some(l) = &self.loading {
-            if now >= l.give_up_at {
-                self.become_ready(None);
-            } else if now >= l.asked_at + self.config.timings.snapshot_retry {
-                self.next_snapshot_peer(now);
-            }
-        }
-        if self.flush_at.is_some_and(|t| now >= t) {
-            self.flush(now);
-        }
-        if self.is_ready() && self.members.peer_count() > 0 && now >= self.anti_entropy_at {
-            self.anti_entropy(now);
-        }
+        self.sync.handle_timeout(now, &self.registry, &self.members);
+        self.drain_sync();
         self.registry.handle_timeout(now, self.config.limits.max_timeouts_per_call);
         self.after_change(now);
     }
@@ -951,21 +665,9 @@ impl Node {
             // here (their clients' beats went to the previous owner).
             self.registry.inherit(now, self.members.responsibility());
         }
-        if t.to == PeerState::Down {
-            self.forward.remove(&t.peer);
-        }
-        if t.from == PeerState::Down && self.is_ready() {
-            // Back from down: it may have missed deltas; reconcile now.
-            let root = self.registry.digest().root();
-            self.transmit(t.peer.clone(), PeerMessage::DigestRoot { root });
-        }
+        self.sync.handle_peer_transition(&t, &self.registry);
+        self.drain_sync();
         self.push_event(Event::PeerStateChanged(t));
-    }
-
-    fn arm_flush(&mut self, now: Timestamp) {
-        if self.flush_at.is_none() {
-            self.flush_at = Some(now + self.config.timings.sync_delay);
-        }
     }
 
     /// Turns [`Event::InstanceChanged`] events on or off (off at start: a
@@ -979,45 +681,8 @@ impl Node {
     /// after it.
     pub fn flush(&mut self, now: Timestamp) {
         let now = self.clock.observe(now);
-        self.flush_at = None;
-        let max = self.config.limits.max_records_per_message;
-        let refs = std::mem::take(&mut self.pending);
-        let records: Vec<Record> = refs.into_iter().filter_map(|r| self.registry.record(r)).collect();
-        let peers: Vec<NodeId> = self.members.reachable().cloned().collect();
-        for chunk in records.chunks(max) {
-            for peer in &peers {
-                self.stats.delta_records_out += chunk.len() as u64;
-                self.transmit(peer.clone(), PeerMessage::Delta { records: chunk.to_vec() });
-            }
-        }
-        let forward = std::mem::take(&mut self.forward);
-        for (owner, slots) in forward {
-            if self.members.state(&owner).is_none_or(|s| s == PeerState::Down) {
-                continue;
-            }
-            let beats: Vec<ForwardedBeat> = slots
-                .into_iter()
-                .filter_map(|(h, seen)| {
-                    let key = self.registry.key_of_handle(h)?;
-                    Some(ForwardedBeat { key, age_ms: crate::time::millis(now.saturating_since(seen)) })
-                })
-                .collect();
-            self.stats.beats_forwarded += beats.len() as u64;
-            for chunk in beats.chunks(max) {
-                self.transmit(owner.clone(), PeerMessage::Beats { beats: chunk.to_vec() });
-            }
-        }
-    }
-
-    fn anti_entropy(&mut self, now: Timestamp) {
-        let interval = self.config.timings.anti_entropy_interval;
-        self.anti_entropy_at = now + jitter(&mut self.rng, interval);
-        self.stats.anti_entropy_rounds += 1;
-        let root = self.registry.digest().root();
-        let peers: Vec<NodeId> = self.members.reachable().cloned().collect();
-        for peer in peers {
-            self.transmit(peer, PeerMessage::DigestRoot { root });
-        }
+        self.sync.flush(now, &self.registry, &self.members);
+        self.drain_sync();
     }
 
     // ---- outputs -------------------------------------------------------
@@ -1025,32 +690,8 @@ impl Node {
     /// Moves what the registry produced into the sync queue and the events.
     fn after_change(&mut self, now: Timestamp) {
         let has_peers = self.members.peer_count() > 0;
-        let max = self.config.limits.max_pending_changes;
-        let mut overflow = 0;
-        let mut changed = false;
-        for c in self.registry.take_local_changes() {
-            if !has_peers {
-                continue;
-            }
-            changed = true;
-            if self.pending.len() >= max && !self.pending.contains(&c) {
-                overflow += 1;
-                continue;
-            }
-            self.pending.insert(c);
-        }
-        if changed {
-            self.arm_flush(now);
-        }
-        if overflow > 0 {
-            // Drop the whole queue: anti-entropy will find every difference,
-            // and starts now rather than at its next round.
-            let dropped = overflow + self.pending.len();
-            self.pending.clear();
-            self.stats.changes_dropped += dropped as u64;
-            self.anti_entropy_at = now;
-            self.push_event(Event::SyncQueueOverflow { dropped });
-        }
+        self.sync.handle_local_changes(now, &mut self.registry, has_peers);
+        self.drain_sync();
         for change in self.registry.take_history() {
             if self.events.len() >= self.config.limits.max_queued_events {
                 self.stats.instance_events_dropped += 1;
@@ -1058,7 +699,7 @@ impl Node {
                 self.events.push_back(Event::InstanceChanged(change));
             }
         }
-        while let Some(key) = self.registry.pop_changed_service() {
+        while let Some(key) = self.registry.store_mut().pop_changed_service() {
             self.push_event(Event::ServiceChanged(key));
         }
         let engaged = self.registry.brake_engaged();
@@ -1070,6 +711,17 @@ impl Node {
                 Event::BrakeReleased
             };
             self.push_event(event);
+        }
+    }
+
+    /// Moves what the Sync Manager produced into the node's bounded queues,
+    /// in the order it was produced.
+    fn drain_sync(&mut self) {
+        while let Some(t) = self.sync.poll_transmit() {
+            self.transmit(t.to, t.msg);
+        }
+        while let Some(e) = self.sync.poll_event() {
+            self.push_event(e);
         }
     }
 
@@ -1134,13 +786,6 @@ impl Node {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
-}
-
-/// `d` plus or minus up to 10 %, so that nodes started together drift apart.
-fn jitter(rng: &mut SplitMix64, d: Duration) -> Duration {
-    let ms = crate::time::millis(d);
-    let spread = ms / 10;
-    Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
 }
 
 mod durable;

@@ -143,6 +143,21 @@ pub(crate) fn is_expensive(msg: &PeerMessage) -> bool {
 }
 
 impl Link {
+    /// An empty, open link to `id`: at most `capacity` frames and
+    /// `capacity_bytes` bytes queued, expensive requests admitted at
+    /// `replies_per_s`.
+    fn new(id: NodeId, capacity: usize, capacity_bytes: usize, replies_per_s: u32) -> Link {
+        Link {
+            id,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            capacity,
+            capacity_bytes,
+            closed: AtomicBool::new(false),
+            replies: Mutex::new(TokenBucket::new(replies_per_s, Instant::now())),
+        }
+    }
+
     /// The next batch; `None` once closed and empty.
     async fn next_batch(&self) -> Option<(Bytes, usize)> {
         loop {
@@ -221,15 +236,12 @@ impl Peers {
         let mut links = HashMap::new();
         let mut tasks = Vec::new();
         for id in &settings.core.peers {
-            let link = Arc::new(Link {
-                id: id.clone(),
-                queue: Mutex::new(Queue::default()),
-                notify: Notify::new(),
-                capacity: settings.http.peer_queue,
-                capacity_bytes: settings.http.peer_queue_bytes,
-                closed: AtomicBool::new(false),
-                replies: Mutex::new(TokenBucket::new(settings.http.peer_replies_per_s, Instant::now())),
-            });
+            let link = Arc::new(Link::new(
+                id.clone(),
+                settings.http.peer_queue,
+                settings.http.peer_queue_bytes,
+                settings.http.peer_replies_per_s,
+            ));
             let sender = Sender {
                 link: Arc::clone(&link),
                 client: client.clone(),
@@ -364,6 +376,14 @@ impl Sender {
 mod tests {
     use super::*;
 
+    /// Peers with one link to 127.0.0.1:1 holding at most `frames` frames and `bytes` bytes.
+    fn one_link(frames: usize, bytes: usize) -> (NodeId, Arc<Link>, Peers) {
+        let id = NodeId::parse("127.0.0.1:1").unwrap();
+        let link = Arc::new(Link::new(id.clone(), frames, bytes, 1));
+        let links = [(id.clone(), Arc::clone(&link))].into_iter().collect();
+        (id, link, Peers { links, metrics: Arc::new(Metrics::default()) })
+    }
+
     #[test]
     fn frames_round_trip_through_a_batch() {
         let mut body = BytesMut::new();
@@ -385,18 +405,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_its_oldest_frame() {
-        let metrics = Arc::new(Metrics::default());
-        let id = NodeId::parse("127.0.0.1:1").unwrap();
-        let link = Arc::new(Link {
-            id: id.clone(),
-            queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
-            capacity: 2,
-            capacity_bytes: 1 << 20,
-            closed: AtomicBool::new(false),
-            replies: Mutex::new(TokenBucket::new(1, Instant::now())),
-        });
-        let peers = Peers { links: [(id.clone(), Arc::clone(&link))].into_iter().collect(), metrics };
+        let (id, link, peers) = one_link(2, 1 << 20);
         for f in [b"1", b"2", b"3"] {
             peers.send(&id, f.to_vec());
         }
@@ -408,18 +417,7 @@ mod tests {
 
     #[test]
     fn a_queue_full_in_bytes_drops_its_oldest_frames_but_keeps_the_new_one() {
-        let metrics = Arc::new(Metrics::default());
-        let id = NodeId::parse("127.0.0.1:1").unwrap();
-        let link = Arc::new(Link {
-            id: id.clone(),
-            queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
-            capacity: 100,
-            capacity_bytes: 10,
-            closed: AtomicBool::new(false),
-            replies: Mutex::new(TokenBucket::new(1, Instant::now())),
-        });
-        let peers = Peers { links: [(id.clone(), Arc::clone(&link))].into_iter().collect(), metrics };
+        let (id, link, peers) = one_link(100, 10);
         peers.send(&id, vec![1; 4]);
         peers.send(&id, vec![2; 4]);
         peers.send(&id, vec![3; 4]);

@@ -167,6 +167,20 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+/// A ready node that asks for `write-token-0123456789` to write and takes
+/// `read-token-0123456789` for reading only.
+fn node_with_tokens(dir: &std::path::Path) -> Node {
+    let (write, read) = (dir.join("write.token"), dir.join("read.token"));
+    std::fs::write(&write, "write-token-0123456789\n").unwrap();
+    std::fs::write(&read, "read-token-0123456789\n").unwrap();
+    let mut args = common::fast_with(PATIENT);
+    args.extend(["--write-token-file".into(), write.display().to_string()]);
+    args.extend(["--read-token-file".into(), read.display().to_string()]);
+    let node = Node::start(free_ports(1)[0], &args, dir);
+    node.wait_ready(Duration::from_secs(10));
+    node
+}
+
 fn register(node: &Node, body: &Value) {
     let r = node.req("POST", "/v1/instances", Some(&body.to_string()));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -294,14 +308,7 @@ fn the_console_lists_services_and_manages_instances_live_in_a_real_browser() {
 #[test]
 fn with_tokens_the_console_shows_nothing_before_login_and_read_tokens_see_no_edits() {
     let dir = scratch("console-tokens");
-    let (write, read) = (dir.join("write.token"), dir.join("read.token"));
-    std::fs::write(&write, "write-token-0123456789\n").unwrap();
-    std::fs::write(&read, "read-token-0123456789\n").unwrap();
-    let mut args = common::fast_with(PATIENT);
-    args.extend(["--write-token-file".into(), write.display().to_string()]);
-    args.extend(["--read-token-file".into(), read.display().to_string()]);
-    let node = Node::start(free_ports(1)[0], &args, &dir);
-    node.wait_ready(Duration::from_secs(10));
+    let node = node_with_tokens(&dir);
     let auth = [("authorization", "Bearer write-token-0123456789")];
     let body = json!({"service": "secret-orders", "ip": "10.0.0.1", "port": 80}).to_string();
     let r = request(&node.addr, "POST", "/v1/instances", &auth, Some(body.as_bytes()));
@@ -380,14 +387,7 @@ fn the_cluster_page_shows_every_node_and_a_killed_one_going_down() {
 #[test]
 fn every_console_api_route_answers_typed_errors_like_the_openapi() {
     let dir = scratch("console-errors");
-    let (write, read) = (dir.join("write.token"), dir.join("read.token"));
-    std::fs::write(&write, "write-token-0123456789\n").unwrap();
-    std::fs::write(&read, "read-token-0123456789\n").unwrap();
-    let mut args = common::fast_with(PATIENT);
-    args.extend(["--write-token-file".into(), write.display().to_string()]);
-    args.extend(["--read-token-file".into(), read.display().to_string()]);
-    let node = Node::start(free_ports(1)[0], &args, &dir);
-    node.wait_ready(Duration::from_secs(10));
+    let node = node_with_tokens(&dir);
     let read_auth = [("authorization", "Bearer read-token-0123456789")];
     let routes = [
         ("GET", "/console/api/session"),

@@ -14,7 +14,7 @@ impl Node {
     /// itself. Off by default (a memory-only node, the simulator without
     /// disks).
     pub fn enable_durable_output(&mut self) {
-        self.registry.set_durable_output(true);
+        self.registry.store_mut().set_durable_output(true);
     }
 
     /// Loads the records of the node's store. Call it once, right after
@@ -47,7 +47,7 @@ impl Node {
     /// the replies of the requests whose writes were [`DurableWrite::sync`].
     #[must_use]
     pub fn poll_durable(&mut self) -> Option<DurableWrite> {
-        self.registry.poll_durable()
+        self.registry.store_mut().poll_durable()
     }
 
     /// The highest version counter the node has issued or seen; store it

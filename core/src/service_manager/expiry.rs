@@ -11,7 +11,9 @@ use crate::history::{ChangeCause, ChangeKind};
 use crate::record::{InstanceState, RemoveCause, ServiceState};
 use crate::time::Timestamp;
 
-use super::{Registry, TimerRef};
+use crate::storage::TimerRef;
+
+use super::ServiceManager;
 
 /// What a due instance timer found.
 enum Due {
@@ -21,10 +23,10 @@ enum Due {
     Purge,
 }
 
-impl Registry {
+impl ServiceManager {
     /// The earliest timer.
     pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|(t, _)| *t)
+        self.store.poll_timeout()
     }
 
     /// Handles due timers, at most `budget` of them. Returns how many it
@@ -32,19 +34,10 @@ impl Registry {
     pub(crate) fn handle_timeout(&mut self, now: Timestamp, budget: usize) -> usize {
         let mut handled = 0;
         while handled < budget {
-            let Some(&(at, what)) = self.timers.first() else { break };
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+            let Some(what) = self.store.pop_due(now) else { break };
             handled += 1;
             match what {
-                TimerRef::Instance(i) => {
-                    if let Some(e) = self.instances.get_mut(i) {
-                        e.timer = None;
-                    }
-                    self.instance_due(now, i);
-                }
+                TimerRef::Instance(i) => self.instance_due(now, i),
                 TimerRef::Service(i) => self.service_due(now, i),
             }
         }
@@ -52,7 +45,7 @@ impl Registry {
     }
 
     fn instance_due(&mut self, now: Timestamp, index: u32) {
-        let Some(e) = self.instances.get(index) else { return };
+        let Some(e) = self.store.instances.get(index) else { return };
         let due = match &e.state {
             InstanceState::Removed { at_ms, .. } => {
                 let purge_at = self.purge_time(now, *at_ms);
@@ -79,7 +72,7 @@ impl Registry {
             }
         };
         match due {
-            Due::Rearm(at) => self.arm_instance(index, at),
+            Due::Rearm(at) => self.store.arm_instance(index, at),
             Due::Purge => {
                 self.stats.purged += 1;
                 self.purge_instance(index);
@@ -90,7 +83,7 @@ impl Registry {
     }
 
     fn mark_unhealthy(&mut self, now: Timestamp, index: u32) {
-        let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) else { return };
+        let Some(InstanceState::Live(d)) = self.store.instances.get(index).map(|e| &e.state) else { return };
         let mut d = d.clone();
         d.healthy = false;
         let Some(version) = self.derived_version(index) else { return };
@@ -99,12 +92,12 @@ impl Registry {
     }
 
     fn expire(&mut self, now: Timestamp, index: u32) {
-        let ephemeral = self.stats.ephemeral_instances;
+        let ephemeral = self.store.counts.ephemeral_instances;
         let was_held = self.brake.is_held(index);
         if !self.brake.allow(now, index, ephemeral) {
             self.stats.braked += 1;
             let recheck = now + self.brake.recheck_after();
-            if let Some(InstanceState::Live(d)) = self.instances.get(index).map(|e| &e.state) {
+            if let Some(InstanceState::Live(d)) = self.store.instances.get(index).map(|e| &e.state) {
                 if d.healthy {
                     self.with_cause(ChangeCause::Brake, |r| r.mark_unhealthy(now, index));
                 } else if !was_held {
@@ -112,7 +105,7 @@ impl Registry {
                     self.note(now, index, ChangeKind::Held, ChangeCause::Brake, me);
                 }
             }
-            self.arm_instance(index, recheck);
+            self.store.arm_instance(index, recheck);
             return;
         }
         let Some(version) = self.derived_version(index) else { return };
@@ -122,16 +115,18 @@ impl Registry {
     }
 
     fn service_due(&mut self, now: Timestamp, index: u32) {
-        let Some(s) = self.services.get_mut(index) else { return };
+        let Some(s) = self.store.services.get_mut(index) else { return };
         let Some(r) = s.record.as_mut() else { return };
         r.timer = None;
         let ServiceState::Removed { at_ms } = r.state else { return };
         let purge_at = self.purge_time(now, at_ms);
         if purge_at > now {
-            self.arm_service(index, purge_at);
+            self.store.arm_service(index, purge_at);
             return;
         }
-        self.purge_service_record(index);
+        if self.store.purge_service_record(index) {
+            self.stats.purged += 1;
+        }
     }
 
     /// Local time at which a tombstone made at wall time `at_ms` is purged:
@@ -152,27 +147,11 @@ impl Registry {
         self.purge_time(now, at_ms) <= now
     }
 
-    /// Arms (or re-arms) the single timer of an instance.
-    pub(super) fn arm_instance(&mut self, index: u32, at: Timestamp) {
-        let Some(e) = self.instances.get_mut(index) else { return };
-        if let Some(old) = e.timer.replace(at) {
-            self.timers.remove(&(old, TimerRef::Instance(index)));
-        }
-        self.timers.insert((at, TimerRef::Instance(index)));
-    }
-
-    fn disarm_instance(&mut self, index: u32) {
-        let Some(e) = self.instances.get_mut(index) else { return };
-        if let Some(old) = e.timer.take() {
-            self.timers.remove(&(old, TimerRef::Instance(index)));
-        }
-    }
-
     /// Arms the timer an instance needs in its current state: the first
     /// deadline for a live ephemeral instance, the purge for a tombstone,
     /// none for a persistent instance.
     pub(super) fn schedule_instance(&mut self, index: u32, now: Timestamp) {
-        let Some(e) = self.instances.get(index) else { return };
+        let Some(e) = self.store.instances.get(index) else { return };
         let at = match &e.state {
             InstanceState::Live(d) if !d.ephemeral => (e.lease.check() != crate::lease::CheckKind::None)
                 .then(|| now + self.timings.health_check_interval),
@@ -183,23 +162,8 @@ impl Registry {
             InstanceState::Removed { at_ms, .. } => Some(self.purge_time(now, *at_ms)),
         };
         match at {
-            Some(at) => self.arm_instance(index, at),
-            None => self.disarm_instance(index),
-        }
-    }
-
-    pub(super) fn arm_service(&mut self, index: u32, at: Timestamp) {
-        let Some(r) = self.services.get_mut(index).and_then(|s| s.record.as_mut()) else { return };
-        if let Some(old) = r.timer.replace(at) {
-            self.timers.remove(&(old, TimerRef::Service(index)));
-        }
-        self.timers.insert((at, TimerRef::Service(index)));
-    }
-
-    pub(super) fn disarm_service(&mut self, index: u32) {
-        let Some(r) = self.services.get_mut(index).and_then(|s| s.record.as_mut()) else { return };
-        if let Some(old) = r.timer.take() {
-            self.timers.remove(&(old, TimerRef::Service(index)));
+            Some(at) => self.store.arm_instance(index, at),
+            None => self.store.disarm_instance(index),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::model::{InstanceData, ServiceKey};
 use crate::record::{InstanceState, ServiceState};
 use crate::view::{InstanceView, ServiceView};
 
-use super::{InstanceEntry, Registry, ServiceRecord, ViewChange};
+use super::{InstanceEntry, ServiceRecord, Storage, ViewChange};
 
 /// The view of one instance, built if the cached one is stale.
 fn instance_view(e: &mut InstanceEntry) -> Option<Arc<InstanceView>> {
@@ -48,9 +48,9 @@ fn instance_id(e: &InstanceEntry) -> String {
     crate::model::instance_id(&e.ip, e.port, &e.cluster)
 }
 
-impl Registry {
+impl Storage {
     /// The current view of the service in slot `index`.
-    pub(super) fn refresh_view(&mut self, index: u32, key: &ServiceKey) -> Arc<ServiceView> {
+    pub(crate) fn refresh_view(&mut self, index: u32, key: &ServiceKey) -> Arc<ServiceView> {
         let Some(s) = self.services.get_mut(index) else {
             return Arc::new(ServiceView::empty(key.clone()));
         };

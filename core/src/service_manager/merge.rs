@@ -22,7 +22,9 @@ use crate::record::{
 };
 use crate::time::Timestamp;
 
-use super::{Registry, ServiceRecord};
+use crate::storage::ServiceRecord;
+
+use super::ServiceManager;
 
 /// What merging one record did.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,7 +40,7 @@ pub(crate) enum MergeOutcome {
     Rejected(String),
 }
 
-impl Registry {
+impl ServiceManager {
     /// Merges one record received from a peer.
     pub(crate) fn merge(&mut self, now: Timestamp, record: Record) -> MergeOutcome {
         if let Err(why) = self.check_ahead(now, &record) {
@@ -107,13 +109,14 @@ impl Registry {
         state: InstanceState,
     ) -> MergeOutcome {
         let hash = key.stable_hash();
-        let Some(index) = self.find_instance_hashed(hash, &key) else {
+        let Some(index) = self.store.find_instance_hashed(hash, &key) else {
             if state.removed_at_ms().is_some_and(|at| self.tombstone_expired(now, at)) {
                 return MergeOutcome::Stale;
             }
             let inserted = self
+                .store
                 .service_entry(&key.service)
-                .and_then(|s| self.insert_instance(s, &key, hash, version.clone(), now));
+                .and_then(|s| self.store.insert_instance(s, &key, hash, version.clone(), now));
             let index = match inserted {
                 Ok(i) => i,
                 Err(e) => return MergeOutcome::Rejected(e.to_string()),
@@ -121,7 +124,7 @@ impl Registry {
             self.set_instance(index, version, state, now, false);
             return MergeOutcome::Applied;
         };
-        let Some(current) = self.instances.get(index) else { return MergeOutcome::Stale };
+        let Some(current) = self.store.instances.get(index) else { return MergeOutcome::Stale };
         let order = (&version, instance_state_hash(&state))
             .cmp(&(&current.version, instance_state_hash(&current.state)));
         if self.effective(order) != Ordering::Greater {
@@ -143,7 +146,7 @@ impl Registry {
         }
         if current.live().is_none() && matches!(state, InstanceState::Live(_)) {
             // Back from a tombstone: a fresh grace period, no evidence yet.
-            if let Some(e) = self.instances.get_mut(index) {
+            if let Some(e) = self.store.instances.get_mut(index) {
                 e.last_beat = now;
                 e.witnessed = false;
             }
@@ -173,7 +176,7 @@ impl Registry {
         if *version.writer() == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
             return None;
         }
-        let e = self.instances.get(index)?;
+        let e = self.store.instances.get(index)?;
         let current = e.live()?;
         let condemns = match state {
             InstanceState::Removed { cause: RemoveCause::Expired, .. } => current.ephemeral,
@@ -198,8 +201,8 @@ impl Registry {
         version: Version,
         state: ServiceState,
     ) -> MergeOutcome {
-        let existing = self.find_service(key);
-        let current = existing.and_then(|i| self.services.get(i)).and_then(|s| s.record.as_ref());
+        let existing = self.store.find_service(key);
+        let current = existing.and_then(|i| self.store.services.get(i)).and_then(|s| s.record.as_ref());
         match current {
             Some(ServiceRecord { version: v, state: s, .. }) => {
                 let order = (&version, service_state_hash(&state)).cmp(&(v, service_state_hash(s)));
@@ -215,7 +218,7 @@ impl Registry {
                 }
             }
         }
-        let index = match self.service_entry(key) {
+        let index = match self.store.service_entry(key) {
             Ok(i) => i,
             Err(e) => return MergeOutcome::Rejected(e.to_string()),
         };

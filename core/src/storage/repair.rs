@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use crate::record::{Record, digest_hash, instance_state_hash, service_record_hash, service_state_hash};
 
-use super::{Registry, service_record};
+use super::{Storage, service_record};
 
 /// How records are grouped for an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub(crate) fn bucket_of_leaf(leaf: u16) -> u8 {
     (leaf >> 8) as u8
 }
 
-impl Registry {
+impl Storage {
     /// Calls `f(key_hash, digest_hash)` for every record held.
     fn for_each_digest_entry(&self, mut f: impl FnMut(u64, u64)) {
         for (_, s) in self.services.iter() {
@@ -80,12 +80,13 @@ impl Registry {
     /// A page of the records in `units`: the units covered, in ascending
     /// order, each whole, as many as fit in `max` records (always at least
     /// the first; one unit larger than `max` is cut to `max`), and their
-    /// records.
+    /// records. `prefix_bug` is the simulator's `anti-entropy-prefix`.
     pub(crate) fn records_in_units(
         &self,
         unit: Unit,
         units: &BTreeSet<u16>,
         max: usize,
+        prefix_bug: bool,
     ) -> (Vec<u16>, Vec<Record>) {
         let mut counts = std::collections::BTreeMap::<u16, usize>::new();
         self.for_each_digest_entry(|h, _| {
@@ -96,7 +97,6 @@ impl Registry {
         });
         let mut covered = BTreeSet::new();
         let mut total = 0;
-        let prefix_bug = self.bugs.has(crate::bugs::Bug::AntiEntropyPrefix);
         if prefix_bug {
             // The old stall: claim every unit, send the first `max` records.
             covered.clone_from(units);

@@ -2,20 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use crate::durable::RecordKey;
 use crate::error::{Field, InvalidInput, RequestError};
 use crate::model::{Metadata, Name, ServiceKey, ServiceMeta, parse_protect_threshold};
-use crate::record::{ServiceState, Version, digest_hash, service_record_hash, service_state_hash};
+use crate::record::{ServiceState, Version};
 use crate::request::ServiceUpdate;
 use crate::time::Timestamp;
 use crate::view::{NamespaceSummary, ServiceFilter, ServicePage, ServiceSummary};
 
-use super::durable::DurableOp;
-use super::{RecordRef, Registry, ServiceEntry, ServiceRecord};
+use crate::storage::{ServiceEntry, ServiceRecord};
 
-impl Registry {
-    /// Sets a service's explicit record, keeping digest, timers and change
-    /// lists exact. The single writer of service records.
+use super::ServiceManager;
+
+impl ServiceManager {
+    /// Sets a service's explicit record through the Storage's writer; a
+    /// tombstone's purge time is the Service Manager's to decide.
     pub(super) fn set_service_record(
         &mut self,
         index: u32,
@@ -24,45 +24,11 @@ impl Registry {
         now: Timestamp,
         local: bool,
     ) {
-        let Some(s) = self.services.get_mut(index) else { return };
-        let key_hash = service_record_hash(&s.key);
-        if let Some(old) = &s.record {
-            let h = digest_hash(key_hash, &old.version, service_state_hash(&old.state));
-            self.digest.toggle(key_hash, h);
-        }
-        self.digest.toggle(key_hash, digest_hash(key_hash, &version, service_state_hash(&state)));
-        let removed_at = match &state {
-            ServiceState::Removed { at_ms } => Some(*at_ms),
+        let purge_at = match &state {
+            ServiceState::Removed { at_ms } => Some(self.purge_time(now, *at_ms)),
             ServiceState::Live(_) => None,
         };
-        let timer = s.record.as_ref().and_then(|r| r.timer);
-        s.record = Some(ServiceRecord { version, state, timer });
-        if let Some(at_ms) = removed_at {
-            let at = self.purge_time(now, at_ms);
-            self.arm_service(index, at);
-        } else {
-            self.disarm_service(index);
-        }
-        if let Some(h) = self.services.handle(index) {
-            self.durable.push(DurableOp::Put(RecordRef::Service(h)));
-            if local {
-                self.local_changes.push(RecordRef::Service(h));
-            }
-        }
-        self.service_changed(index);
-    }
-
-    /// Removes a purged service tombstone, and the service if nothing is left.
-    pub(super) fn purge_service_record(&mut self, index: u32) {
-        self.disarm_service(index);
-        let Some(s) = self.services.get_mut(index) else { return };
-        let Some(old) = s.record.take() else { return };
-        self.durable.push(DurableOp::Delete(RecordKey::Service(s.key.clone())));
-        let key_hash = service_record_hash(&s.key);
-        self.digest.toggle(key_hash, digest_hash(key_hash, &old.version, service_state_hash(&old.state)));
-        self.stats.purged += 1;
-        self.service_changed(index);
-        self.drop_service_if_empty(index);
+        self.store.write_service(index, version, state, purge_at, local);
     }
 
     fn summary(s: &ServiceEntry) -> ServiceSummary {
@@ -84,15 +50,16 @@ impl Registry {
 
     /// One service, if clients can see it.
     pub(crate) fn service(&self, key: &ServiceKey) -> Result<ServiceSummary, RequestError> {
-        self.find_service(key)
-            .and_then(|i| self.services.get(i))
+        self.store
+            .find_service(key)
+            .and_then(|i| self.store.services.get(i))
             .filter(|s| s.visible())
             .map(Self::summary)
             .ok_or_else(|| RequestError::ServiceNotFound(key.to_string()))
     }
 
     fn current_meta(&self, index: u32) -> ServiceMeta {
-        match self.services.get(index).and_then(|s| s.record.as_ref()) {
+        match self.store.services.get(index).and_then(|s| s.record.as_ref()) {
             Some(ServiceRecord { state: ServiceState::Live(m), .. }) => m.clone(),
             _ => ServiceMeta::default(),
         }
@@ -115,11 +82,16 @@ impl Registry {
         key: &ServiceKey,
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
-        if self.find_service(key).and_then(|i| self.services.get(i)).is_some_and(ServiceEntry::visible) {
+        if self
+            .store
+            .find_service(key)
+            .and_then(|i| self.store.services.get(i))
+            .is_some_and(ServiceEntry::visible)
+        {
             return Err(RequestError::ServiceExists(key.to_string()));
         }
         let meta = self.apply_update(ServiceMeta::default(), upd)?;
-        let index = self.service_entry(key)?;
+        let index = self.store.service_entry(key)?;
         let version = self.next_version(now);
         self.set_service_record(index, version, ServiceState::Live(meta), now, true);
         self.service(key)
@@ -133,12 +105,13 @@ impl Registry {
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
         let index = self
+            .store
             .find_service(key)
-            .filter(|i| self.services.get(*i).is_some_and(ServiceEntry::visible))
+            .filter(|i| self.store.services.get(*i).is_some_and(ServiceEntry::visible))
             .ok_or_else(|| RequestError::ServiceNotFound(key.to_string()))?;
         let current = self.current_meta(index);
         let meta = self.apply_update(current.clone(), upd)?;
-        let explicit = self.services.get(index).is_some_and(ServiceEntry::explicit);
+        let explicit = self.store.services.get(index).is_some_and(ServiceEntry::explicit);
         if meta != current || !explicit {
             let version = self.next_version(now);
             self.set_service_record(index, version, ServiceState::Live(meta), now, true);
@@ -153,18 +126,22 @@ impl Registry {
         key: &ServiceKey,
         upd: ServiceUpdate,
     ) -> Result<ServiceSummary, RequestError> {
-        let visible =
-            self.find_service(key).and_then(|i| self.services.get(i)).is_some_and(ServiceEntry::visible);
+        let visible = self
+            .store
+            .find_service(key)
+            .and_then(|i| self.store.services.get(i))
+            .is_some_and(ServiceEntry::visible);
         if visible { self.update_service(now, key, upd) } else { self.create_service(now, key, upd) }
     }
 
     /// Deletes a service; refuses while it has live instances.
     pub(crate) fn delete_service(&mut self, now: Timestamp, key: &ServiceKey) -> Result<(), RequestError> {
         let index = self
+            .store
             .find_service(key)
-            .filter(|i| self.services.get(*i).is_some_and(ServiceEntry::visible))
+            .filter(|i| self.store.services.get(*i).is_some_and(ServiceEntry::visible))
             .ok_or_else(|| RequestError::ServiceNotFound(key.to_string()))?;
-        let Some(s) = self.services.get(index) else {
+        let Some(s) = self.store.services.get(index) else {
             return Err(RequestError::ServiceNotFound(key.to_string()));
         };
         if s.live > 0 {
@@ -193,6 +170,7 @@ impl Registry {
         }
         let needle = f.search.as_deref().map(str::to_ascii_lowercase);
         let mut matching: Vec<&ServiceEntry> = self
+            .store
             .services
             .iter()
             .map(|(_, s)| s)
@@ -214,7 +192,7 @@ impl Registry {
         if let Ok(public) = Name::parse(Field::Namespace, crate::model::DEFAULT_NAMESPACE) {
             counts.insert(public, 0);
         }
-        for (_, s) in self.services.iter().filter(|(_, s)| s.visible()) {
+        for (_, s) in self.store.services.iter().filter(|(_, s)| s.visible()) {
             *counts.entry(s.key.namespace.clone()).or_default() += 1;
         }
         counts.into_iter().map(|(namespace, services)| NamespaceSummary { namespace, services }).collect()

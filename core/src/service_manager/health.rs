@@ -7,14 +7,14 @@ use crate::model::InstanceKey;
 use crate::record::InstanceState;
 use crate::time::Timestamp;
 
-use super::Registry;
+use super::ServiceManager;
 
-impl Registry {
+impl ServiceManager {
     /// A persistent instance's check is due: queue it if this node is
     /// responsible, and re-arm.
     pub(super) fn check_due(&mut self, now: Timestamp, index: u32) {
         let interval = self.timings.health_check_interval;
-        let Some(e) = self.instances.get(index) else { return };
+        let Some(e) = self.store.instances.get(index) else { return };
         let InstanceState::Live(d) = &e.state else { return };
         let kind = e.lease.check();
         if kind == CheckKind::None || d.ephemeral {
@@ -23,11 +23,11 @@ impl Registry {
         if self.responsibility.is_mine(e.hash) && self.checks.len() < self.limits.max_pending_checks {
             let path =
                 if kind == CheckKind::Http { check_path_of(&d.metadata).to_owned() } else { String::new() };
-            if let Some(key) = self.instance_key(e) {
+            if let Some(key) = self.store.instance_key(e) {
                 self.checks.push_back(HealthCheck { key, kind, path });
             }
         }
-        self.arm_instance(index, now + interval);
+        self.store.arm_instance(index, now + interval);
     }
 
     /// The next check for the driver.
@@ -38,8 +38,8 @@ impl Registry {
     /// Takes the outcome of a check. Returns whether the instance's health
     /// changed.
     pub(crate) fn check_result(&mut self, now: Timestamp, key: &InstanceKey, passed: bool) -> bool {
-        let Some(index) = self.find_instance(key) else { return false };
-        let Some(e) = self.instances.get_mut(index) else { return false };
+        let Some(index) = self.store.find_instance(key) else { return false };
+        let Some(e) = self.store.instances.get_mut(index) else { return false };
         let InstanceState::Live(d) = &e.state else { return false };
         if d.ephemeral || e.lease.check() == CheckKind::None {
             return false;
