@@ -131,6 +131,11 @@ impl Scenario {
             1..=10 => 10_000 + rng.below(10_001),
             _ => 0,
         } as usize;
+        // Rejoins under wall-clock skew too, now that clients carry the
+        // ordering token (drawn last, so every earlier draw keeps its meaning).
+        if faults.churn && !faults.clock_skew.is_zero() {
+            faults.rejoin = rng.chance(0.5);
+        }
         Scenario {
             seed,
             nodes,

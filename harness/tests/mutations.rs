@@ -54,3 +54,10 @@ fn a_register_that_keeps_the_old_version_is_caught() {
 fn tombstones_purged_early_are_caught() {
     caught(Bug::EarlyPurge, 20);
 }
+
+#[test]
+fn a_node_that_ignores_the_clients_ordering_token_is_caught() {
+    // Clients that leave and register again on another node under
+    // wall-clock skew (seed 4 first).
+    caught(Bug::NoAfterToken, 20);
+}
