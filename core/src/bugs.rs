@@ -38,11 +38,17 @@ pub enum Bug {
     /// The expiry brake reports itself released while it still holds
     /// instances back (issue 9, 5).
     BrakeClearsEarly,
+    /// A derived write (health mark, lift, refutation, expiry) takes the
+    /// smallest counter above the record it judged instead of keeping its
+    /// client write's counter (issue 9, 4b).
+    DerivedPlusOne,
+    /// A node ignores a client's `after` token (issue 9, 4a).
+    NoAfterToken,
 }
 
 impl Bug {
     /// Every bug, in the order of the mutation table.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 14] = [
         Bug::KeepOlderOnMerge,
         Bug::NoRefute,
         Bug::NoLift,
@@ -55,6 +61,8 @@ impl Bug {
         Bug::PurgeWithoutAgreement,
         Bug::AcceptStaleUnknown,
         Bug::BrakeClearsEarly,
+        Bug::DerivedPlusOne,
+        Bug::NoAfterToken,
     ];
 
     /// The bug's name on the simulator's command line (`--bug NAME`).
@@ -72,6 +80,8 @@ impl Bug {
             Bug::PurgeWithoutAgreement => "purge-without-agreement",
             Bug::AcceptStaleUnknown => "accept-stale-unknown",
             Bug::BrakeClearsEarly => "brake-clears-early",
+            Bug::DerivedPlusOne => "derived-plus-one",
+            Bug::NoAfterToken => "no-after-token",
         }
     }
 

@@ -96,8 +96,12 @@ pub struct Timings {
     /// `ping_interval + pause_threshold` is a pause (GC stall, suspended VM,
     /// SIGSTOP): instances and peers get a fresh grace period.
     pub pause_threshold: Duration,
-    /// Versions whose clock is further than this ahead of the node's wall
-    /// clock are refused.
+    /// Versions (and client ordering tokens) whose clock is further than
+    /// this ahead of the node's wall clock are refused, and a peer whose
+    /// measured clock offset exceeds it is flagged skewed. Default 500 ms,
+    /// CockroachDB's `max-offset`: NTP keeps well-run hosts within tens of
+    /// milliseconds, and one client's writes through an API without an
+    /// ordering token are ordered only when further apart than the skew.
     pub max_clock_skew: Duration,
 }
 
@@ -118,7 +122,7 @@ impl Default for Timings {
             tombstone_max_hold: Duration::from_secs(3600),
             health_check_interval: Duration::from_secs(5),
             pause_threshold: Duration::from_secs(5),
-            max_clock_skew: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_millis(500),
         }
     }
 }

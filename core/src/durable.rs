@@ -19,16 +19,27 @@
 //!
 //! [`encode_record`] and [`decode_record`] are the on-disk format of one
 //! record: a format byte, then postcard. Decoding validates as the peer codec
-//! does, and never panics on bad bytes.
+//! does, and never panics on bad bytes. Records of the previous format
+//! ([`OLD_RECORD_FORMAT`], before issue 9's versions) are still read and
+//! migrated (see `durable/v1.rs`); the driver writes only the current one.
+
+mod v1;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{InstanceKey, ServiceKey};
 use crate::record::{InstanceState, Record};
 
-/// The on-disk format of a record; a stored record of another format is
-/// refused with [`DecodeError::Format`].
-pub const RECORD_FORMAT: u8 = 1;
+/// The on-disk format of a record; a stored record of a format other than
+/// this one or [`OLD_RECORD_FORMAT`] is refused with [`DecodeError::Format`].
+pub const RECORD_FORMAT: u8 = 2;
+
+/// The previous record format (versions `(counter, author, origin)`), read
+/// and migrated on load.
+pub const OLD_RECORD_FORMAT: u8 = 1;
+
+/// The format byte of a stored record key (unchanged since format 1).
+pub const KEY_FORMAT: u8 = 1;
 
 /// The key a record is stored under.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,7 +115,7 @@ pub enum DecodeError {
     #[error("empty record")]
     Empty,
     /// Written in another format (a newer Muster, or not Muster's).
-    #[error("record format {found}, this build reads format {RECORD_FORMAT}")]
+    #[error("record format {found}, this build reads formats {OLD_RECORD_FORMAT} and {RECORD_FORMAT}")]
     Format {
         /// The format byte found.
         found: u8,
@@ -126,7 +137,7 @@ pub fn encode_record(r: &Record) -> Vec<u8> {
 /// The stored bytes of a record key (ordered like nothing in particular;
 /// only equality matters).
 pub fn encode_key(k: &RecordKey) -> Vec<u8> {
-    let mut out = vec![RECORD_FORMAT];
+    let mut out = vec![KEY_FORMAT];
     out.extend(postcard::to_allocvec(k).unwrap_or_default());
     out
 }
@@ -134,6 +145,9 @@ pub fn encode_key(k: &RecordKey) -> Vec<u8> {
 /// A record from its stored bytes; validates names, hosts and node ids.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if format == OLD_RECORD_FORMAT {
+        return v1::decode(rest);
+    }
     if format != RECORD_FORMAT {
         return Err(DecodeError::Format { found: format });
     }

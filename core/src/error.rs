@@ -42,6 +42,9 @@ pub enum Field {
     Beats,
     /// `node`: a cluster node id.
     Node,
+    /// `after`: a client's ordering token (the highest version counter it
+    /// has seen, see [`crate::Node::observe_client`]).
+    After,
 }
 
 impl Field {
@@ -64,6 +67,7 @@ impl Field {
             Field::Clusters => "clusters",
             Field::Beats => "beats",
             Field::Node => "node",
+            Field::After => "after",
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod lease;
 pub mod message;
 pub mod model;
 mod node;
+pub mod ordering;
 pub mod record;
 pub mod request;
 mod server_nodes;

@@ -33,11 +33,22 @@ pub enum PeerMessage {
     Ping {
         /// Echoed in the ack.
         nonce: u64,
+        /// The sender's wall clock when it sent the ping, ms since the Unix
+        /// epoch (NTP's `t1`).
+        sent_ms: u64,
     },
     /// I am here.
     Ack {
         /// The ping's nonce.
         nonce: u64,
+        /// The ping's `sent_ms`, echoed (`t1`).
+        ping_sent_ms: u64,
+        /// The acker's wall clock when the ping arrived (`t2`).
+        received_ms: u64,
+        /// The acker's wall clock when it sent the ack (`t3`). With the
+        /// receiver's clock on arrival (`t4`) these give the acker's clock
+        /// offset and its uncertainty (see [`crate::ordering`]).
+        sent_ms: u64,
     },
     /// Records changed locally since the last delta.
     Delta {
@@ -405,7 +416,7 @@ mod tests {
             let (from, msg) = sample();
             let PeerMessage::Delta { records } = msg else { unreachable!() };
             let big = PeerMessage::Delta { records: vec![records[0].clone(); many] };
-            for m in [PeerMessage::Ping { nonce: many as u64 }, big] {
+            for m in [PeerMessage::Ping { nonce: many as u64, sent_ms: 1 }, big] {
                 let mut bytes = encode(&from, &m);
                 let at = bit.index(bytes.len() * 8);
                 bytes[at / 8] ^= 1 << (at % 8);

@@ -67,6 +67,17 @@ pub enum Event {
     /// events out of a full queue: past it they are dropped and counted in
     /// [`NodeStats::instance_events_dropped`].
     InstanceChanged(InstanceChange),
+    /// A peer's measured clock offset crossed `max_clock_skew` (beyond its
+    /// uncertainty), or came back within it. While skewed, its records
+    /// further ahead of this node's clock than the bound are refused.
+    PeerClock {
+        /// The peer.
+        peer: NodeId,
+        /// Its clock offset estimate.
+        offset: crate::ordering::ClockOffset,
+        /// Whether it is now flagged skewed.
+        skewed: bool,
+    },
     /// The queue of local changes for peers overflowed and was dropped;
     /// anti-entropy repairs the difference.
     SyncQueueOverflow {
@@ -95,6 +106,8 @@ pub enum TimerKind {
 pub struct NodeStats {
     /// Service Manager and Storage counters.
     pub registry: RegistryStats,
+    /// Times a peer's clock skew flag changed (see [`Event::PeerClock`]).
+    pub clock_flag_changes: u64,
     /// Peer messages handled.
     pub messages_in: u64,
     /// Peer messages produced.
@@ -380,7 +393,28 @@ impl Node {
             Request::PutService(k, u) => Reply::Service(self.put_service(now, &k, u)?),
             Request::DeleteService(k) => self.delete_service(now, &k).map(|()| Reply::Done)?,
             Request::Namespaces => Reply::Namespaces(self.namespaces()),
+            Request::Ordered { after, request } => {
+                self.observe_client(now, after)?;
+                let reply = self.handle_request(now, *request)?;
+                Reply::Ordered { counter: self.version_counter(), reply: Box::new(reply) }
+            }
         })
+    }
+
+    /// Takes a client's ordering token: the highest version counter the
+    /// client has seen from any node (0 for none). The node's clock observes
+    /// it, so the client's next write here gets a version above every write
+    /// it made before, on any node, whatever the skew between them: one
+    /// client's writes keep their order across failover. A token further
+    /// ahead of this node's clock than `max_clock_skew` is refused (it would
+    /// drag the clock, and every version after it, into the future); nothing
+    /// was changed.
+    pub fn observe_client(&mut self, now: Timestamp, after: u64) -> Result<(), RequestError> {
+        crate::ordering::check_token(self.registry.wall_ms(now), self.config.timings.max_clock_skew, after)?;
+        if !self.registry.bugs.has(crate::bugs::Bug::NoAfterToken) {
+            self.registry.observe(after);
+        }
+        Ok(())
     }
 
     /// Runs a write on the registry: clamps time, refuses while loading,
@@ -569,10 +603,18 @@ impl Node {
     }
 
     fn dispatch(&mut self, now: Timestamp, from: &NodeId, msg: PeerMessage) -> Result<(), MessageError> {
-        if let PeerMessage::Ping { nonce } = msg {
-            self.members.handle_ping(from, nonce);
-            self.drain_members();
-            return Ok(());
+        match msg {
+            PeerMessage::Ping { nonce, sent_ms } => {
+                let at = self.registry.wall_ms(now);
+                self.members.handle_ping(from, nonce, sent_ms, at);
+                self.drain_members();
+                return Ok(());
+            }
+            PeerMessage::Ack { ping_sent_ms, received_ms, sent_ms, .. } => {
+                self.clock_sample(now, from, [ping_sent_ms, received_ms, sent_ms]);
+                return Ok(());
+            }
+            _ => {}
         }
         let result = self.sync.handle_message(now, from, msg, &mut self.registry, &self.members);
         self.drain_sync();
@@ -624,11 +666,27 @@ impl Node {
         }
         self.last_tick = now;
         self.tick_at = now + ping_interval;
-        for transition in self.members.tick(now) {
+        let wall_ms = self.registry.wall_ms(now);
+        for transition in self.members.tick(now, wall_ms) {
             self.peer_transition(now, transition);
         }
         // The pings of this tick go after whatever the transitions caused.
         self.drain_members();
+    }
+
+    /// Takes one ping round trip to `from` (`t1`, `t2`, `t3`; `t4` is now)
+    /// into its clock offset estimate; announces a change of its skew flag.
+    fn clock_sample(&mut self, now: Timestamp, from: &NodeId, [t1, t2, t3]: [u64; 3]) {
+        let t4 = self.registry.wall_ms(now);
+        // An answer older than the down time says nothing about now.
+        if t4.saturating_sub(t1) > crate::time::millis(self.config.timings.down_after) {
+            return;
+        }
+        let bound = self.config.timings.max_clock_skew;
+        if let Some((offset, skewed)) = self.members.clock_sample(from, [t1, t2, t3, t4], bound) {
+            self.stats.clock_flag_changes += 1;
+            self.push_event(Event::PeerClock { peer: from.clone(), offset, skewed });
+        }
     }
 
     fn peer_transition(&mut self, now: Timestamp, t: Transition) {

@@ -1,8 +1,9 @@
 //! Versioned records and their merge.
 //!
 //! Every replicated fact (an instance, a service's settings, or the deletion
-//! of either) is a [`Record`] carrying a [`Version`]: a hybrid logical clock
-//! reading plus the node that wrote it. Nodes converge by keeping, per key,
+//! of either) is a [`Record`] carrying a [`Version`]: the hybrid logical
+//! clock reading and node of the client write it descends from, plus the
+//! number of machine judgements made on it since. Nodes converge by keeping, per key,
 //! the record with the highest version (last-writer-wins register, Shapiro et
 //! al., "Conflict-free Replicated Data Types", 2011, section 3.2.1). Ties on
 //! the version, which a correct cluster never produces, are broken by a hash
@@ -20,14 +21,8 @@ use crate::model::{InstanceData, InstanceKey, NodeId, ServiceKey, ServiceMeta};
 /// Bits of a version counter that count events within one millisecond.
 pub const LOGICAL_BITS: u32 = 16;
 
-/// Who decided a write.
-///
-/// A registry's own judgement about an instance (marking it unhealthy for
-/// silence, expiring it, refuting another node's expiry) is derived from the
-/// record it saw: it takes the smallest version above that record and loses
-/// ties to clients. So a client's decision made concurrently, on a node whose
-/// clock lags, is never overridden by a machine's judgement (a deregistration
-/// is not undone by a health mark).
+/// Who decided a write: a client, or a registry node judging the record it
+/// held (see [`Version`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Author {
     /// Derived by a registry node from the record it held.
@@ -36,29 +31,58 @@ pub enum Author {
     Client,
 }
 
-/// The version of a record: a hybrid logical clock reading (`counter`), who
-/// decided the write (`author`) and the node that wrote it (`origin`).
-/// Ordered by counter, then author (clients win ties), then origin.
+/// The version of a record, ordered lexicographically by
+/// `(counter, origin, step, writer)`.
+///
+/// `(counter, origin)` name the **client write** the record descends from:
+/// the hybrid logical clock reading of the node that accepted it, and that
+/// node. `step` counts the machine judgements made since (0 for the client
+/// write itself; an unhealthy mark, a lift, a refutation, an expiry or a
+/// check result keeps the counter and origin of the record it judged and
+/// takes `step + 1`). So a client write with a greater `(counter, origin)`
+/// wins over every derived descendant of a smaller one, however long the
+/// chain: a machine's judgement never changes which of two client writes
+/// wins. `writer` is the node that made a derived write (`None` for a client
+/// write, whose writer is `origin`); it only breaks ties between two nodes
+/// judging the same record, so merge stays a total order.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version {
-    /// Hybrid logical clock: wall-clock milliseconds in the high bits, a
-    /// logical counter in the low [`LOGICAL_BITS`] bits.
+    /// Hybrid logical clock of the client write: wall-clock milliseconds in
+    /// the high bits, a logical counter in the low [`LOGICAL_BITS`] bits.
     pub counter: u64,
-    /// Who decided the write.
-    pub author: Author,
-    /// The node that wrote the record.
+    /// The node that accepted the client write.
     pub origin: NodeId,
+    /// Machine judgements since the client write (0: the client write).
+    pub step: u32,
+    /// The node that made a derived write; `None` for a client write.
+    pub writer: Option<NodeId>,
 }
 
 impl Version {
     /// A client-decided version.
     pub fn client(counter: u64, origin: NodeId) -> Version {
-        Version { counter, author: Author::Client, origin }
+        Version { counter, origin, step: 0, writer: None }
     }
 
-    /// The smallest registry-derived version written by `origin` above `self`.
-    pub fn derived(&self, origin: NodeId) -> Version {
-        Version { counter: self.counter.saturating_add(1), author: Author::Registry, origin }
+    /// The version of `writer`'s judgement about a record of version `self`:
+    /// the same client write, one step further.
+    pub fn derived(&self, writer: NodeId) -> Version {
+        Version {
+            counter: self.counter,
+            origin: self.origin.clone(),
+            step: self.step.saturating_add(1),
+            writer: Some(writer),
+        }
+    }
+
+    /// Who decided the write: a client for step 0, else a registry.
+    pub fn author(&self) -> Author {
+        if self.step == 0 { Author::Client } else { Author::Registry }
+    }
+
+    /// The node that wrote this version: the deriving node, or the origin.
+    pub fn writer(&self) -> &NodeId {
+        self.writer.as_ref().unwrap_or(&self.origin)
     }
 
     /// The wall-clock millisecond part of the counter.
@@ -69,11 +93,13 @@ impl Version {
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let by = match self.author {
-            Author::Registry => "r",
-            Author::Client => "c",
-        };
-        write!(f, "{}.{}{by}@{}", self.physical_ms(), self.counter & 0xffff, self.origin)
+        write!(f, "{}.{}@{}", self.physical_ms(), self.counter & 0xffff, self.origin)?;
+        if let Some(w) = &self.writer {
+            write!(f, "+{}@{w}", self.step)?;
+        } else if self.step > 0 {
+            write!(f, "+{}", self.step)?;
+        }
+        Ok(())
     }
 }
 
@@ -270,8 +296,9 @@ pub(crate) fn digest_hash(key_hash: u64, version: &Version, state_hash: u64) -> 
     let mut h = StableHasher::new();
     h.u64(key_hash)
         .u64(version.counter)
-        .u64(version.author as u64)
         .str(version.origin.as_str())
+        .u64(u64::from(version.step))
+        .str(version.writer.as_ref().map_or("", NodeId::as_str))
         .u64(state_hash);
     h.finish()
 }
@@ -300,11 +327,11 @@ mod tests {
         let service = ServiceKey::parse(None, None, "svc").unwrap();
         let key = InstanceKey::parse(service, None, "10.0.0.1", 80).unwrap();
         let origin = NodeId::parse(origin).unwrap();
-        let version = if state % 5 == 0 {
-            Version { counter, author: Author::Registry, origin }
-        } else {
-            Version::client(counter, origin)
-        };
+        let mut version = Version::client(counter, origin);
+        for step in 0..state % 4 {
+            let writer = if step % 2 == 0 { "b:1" } else { "c:1" };
+            version = version.derived(NodeId::parse(writer).unwrap());
+        }
         let state = match state % 3 {
             0 => InstanceState::Removed { cause: RemoveCause::Deregistered, at_ms: 5 },
             1 => InstanceState::Removed { cause: RemoveCause::Expired, at_ms: u64::from(state) },
@@ -360,12 +387,49 @@ mod tests {
     }
 
     #[test]
-    fn a_client_write_wins_a_tie_with_a_derived_one() {
+    fn a_client_write_wins_over_a_derived_one_from_an_older_write() {
         let base = Version::client(10, NodeId::parse("a:1").unwrap());
         let derived = base.derived(NodeId::parse("z:1").unwrap());
         let client = Version::client(11, NodeId::parse("a:1").unwrap());
         assert!(client > derived);
         assert!(derived > base);
+        assert_eq!(derived.author(), Author::Registry);
+        assert_eq!(derived.writer().as_str(), "z:1");
+        assert_eq!(base.writer().as_str(), "a:1");
+    }
+
+    proptest! {
+        #[test]
+        fn no_chain_of_derived_writes_beats_a_newer_client_write(
+            older in 0u64..1_000,
+            gap in 1u64..1_000,
+            steps in 1usize..200,
+            origins in (0usize..3, 0usize..3),
+        ) {
+            let nodes = ["a:1", "b:1", "z:1"].map(|n| NodeId::parse(n).unwrap());
+            let client = Version::client(older + gap, nodes[origins.1].clone());
+            let mut chain = Version::client(older, nodes[origins.0].clone());
+            for i in 0..steps {
+                chain = chain.derived(nodes[i % 3].clone());
+                prop_assert!(client > chain, "{client:?} vs {chain:?}");
+            }
+        }
+
+        #[test]
+        fn a_derived_write_never_reorders_two_client_writes(
+            a in 0u64..50, b in 0u64..50, o in (0usize..3, 0usize..3), steps in 0usize..20,
+        ) {
+            let nodes = ["a:1", "b:1", "z:1"].map(|n| NodeId::parse(n).unwrap());
+            let va = Version::client(a, nodes[o.0].clone());
+            let vb = Version::client(b, nodes[o.1].clone());
+            let mut da = va.clone();
+            for i in 0..steps {
+                da = da.derived(nodes[i % 3].clone());
+            }
+            if va < vb {
+                prop_assert!(da < vb);
+            }
+        }
     }
 
     #[test]

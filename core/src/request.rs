@@ -113,6 +113,15 @@ pub enum Request {
     DeleteService(ServiceKey),
     /// See [`crate::Node::namespaces`].
     Namespaces,
+    /// A client write carrying the client's ordering token: the node's clock
+    /// observes `after` (see [`crate::Node::observe_client`]) before running
+    /// `request`; answered by [`Reply::Ordered`].
+    Ordered {
+        /// The highest version counter the client has seen, 0 for none.
+        after: u64,
+        /// The write.
+        request: Box<Request>,
+    },
 }
 
 /// The answer to a registration.
@@ -167,4 +176,13 @@ pub enum Reply {
     Service(ServiceSummary),
     /// To [`Request::Namespaces`].
     Namespaces(Vec<NamespaceSummary>),
+    /// To [`Request::Ordered`]: the inner request's reply, and the token the
+    /// client keeps for its next write (this node's clock after the write, at
+    /// least the write's version counter).
+    Ordered {
+        /// The client's new token.
+        counter: u64,
+        /// The reply to the inner request.
+        reply: Box<Reply>,
+    },
 }

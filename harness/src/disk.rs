@@ -181,6 +181,8 @@ impl World {
         config.seed = self.rng.next_u64();
         // The wall clock at the node's epoch: up to 2 s behind the last one.
         config.wall_clock_ms = BASE_WALL_MS - skew_back;
+        // Restarts step the wall clock back up to 2 s: inside the tolerated skew.
+        config.timings.max_clock_skew = std::time::Duration::from_secs(5);
         let p = &mut self.procs[i];
         let mut node = Node::new(config, now).map_err(|e| format!("config: {e}"))?;
         node.load(now, p.disk.committed.values().cloned(), p.disk.floor);

@@ -164,6 +164,12 @@ impl Scenario {
         let step = rng.below(1_500);
         faults.wall_step = Duration::from_millis(if !faults.rejoin && rng.chance(0.25) { step } else { 0 });
         faults.timers_first = faults.pauses && rng.chance(0.5);
+        // Rejoins under wall-clock skew too, now that clients carry the
+        // ordering token (drawn last, so every earlier draw keeps its meaning).
+        // Not with a slow pair or wall-clock steps (see above).
+        if faults.churn && !faults.clock_skew.is_zero() && !faults.slow_pair && faults.wall_step.is_zero() {
+            faults.rejoin = rng.chance(0.5);
+        }
         Scenario {
             seed,
             nodes,

@@ -141,6 +141,9 @@ pub(crate) struct Provider {
     pub(crate) last_ack: Option<Ack>,
     /// Planned lifecycle: (time, what).
     plan: VecDeque<(Timestamp, Plan)>,
+    /// The client's ordering token, as the SDK keeps it: the highest node
+    /// clock an answer to one of its writes carried.
+    token: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,6 +288,10 @@ impl Sim {
         config.timings.tombstone_ttl = scenario.tombstone_ttl;
         let long_cut = long_faults(&scenario, &mut config);
         let skew = muster_core::time::millis(scenario.faults.clock_skew) as i64;
+        // Two nodes differ by up to twice the skew, plus drift and the wall
+        // steps of restarts: keep that inside the tolerated skew.
+        config.timings.max_clock_skew =
+            config.timings.max_clock_skew.max(scenario.faults.clock_skew * 2 + Duration::from_secs(5));
         let drift = i64::from(scenario.faults.drift_ppm);
         let nodes = ids
             .iter()
@@ -568,6 +575,7 @@ impl Sim {
                 next_at: Timestamp::MAX,
                 last_ack: None,
                 plan,
+                token: 0,
             });
         }
     }
@@ -1086,16 +1094,22 @@ impl Sim {
                 let key = self.providers[p].key.clone();
                 let local = self.nodes[target].local(self.now);
                 let running = self.nodes[target].running();
+                let token = self.providers[p].token;
                 let result = match self.nodes[target].node.as_mut() {
-                    Some(node) if running => {
-                        Some(node.deregister(local, &key).map(|()| node.instance_record(&key)))
-                    }
+                    Some(node) if running => Some(
+                        node.observe_client(local, token)
+                            .and_then(|()| node.deregister(local, &key))
+                            .map(|()| (node.instance_record(&key), node.version_counter())),
+                    ),
                     _ => None,
                 };
                 self.drain(target);
                 self.providers[p].next_at = Timestamp::MAX;
                 self.providers[p].life = match result {
-                    Some(Ok(Some(Record::Instance { version, .. }))) => Life::Left { version },
+                    Some(Ok((Some(Record::Instance { version, .. }), counter))) => {
+                        self.providers[p].token = self.providers[p].token.max(counter);
+                        Life::Left { version }
+                    }
                     _ => Life::Dead { at: self.now },
                 };
                 if matches!(self.providers[p].life, Life::Left { .. }) {
@@ -1128,7 +1142,11 @@ impl Sim {
         let local = self.nodes[target].local(self.now);
         let incarnation = self.nodes[target].incarnation;
         let Some(node) = self.nodes[target].node.as_mut() else { return };
-        let ok = node.register(local, RegisterRequest::new(key)).is_ok();
+        let token = self.providers[p].token;
+        let ok = node.observe_client(local, token).is_ok()
+            && node.register(local, RegisterRequest::new(key)).is_ok();
+        let counter = node.version_counter();
+        self.providers[p].token = self.providers[p].token.max(counter);
         self.drain(target);
         self.trace.u64(0x3000 + p as u64).u64(u64::from(ok));
         if ok {
@@ -1175,10 +1193,15 @@ impl Sim {
         let local = self.nodes[target].local(self.now);
         let incarnation = self.nodes[target].incarnation;
         let Some(node) = self.nodes[target].node.as_mut() else { return Ok(()) };
+        let token = self.providers[p].token;
         let result = if registered {
             node.heartbeat(local, &key).map(Some)
         } else {
-            node.register(local, RegisterRequest::new(key.clone())).map(|_| None)
+            let r = node
+                .observe_client(local, token)
+                .and_then(|()| node.register(local, RegisterRequest::new(key.clone())));
+            self.providers[p].token = token.max(node.version_counter());
+            r.map(|_| None)
         };
         self.drain(target);
         self.trace.u64(0x2000 + p as u64).u64(u64::from(result.is_ok()));

@@ -88,3 +88,10 @@ fn a_merge_that_does_not_advance_the_clock_is_caught() {
     let v = caught(Bug::NoObserve, 20);
     assert_eq!(v.kind, "clock-behind-records", "{v}");
 }
+
+#[test]
+fn a_node_that_ignores_the_clients_ordering_token_is_caught() {
+    // Clients that leave and register again on another node under
+    // wall-clock skew (seed 4 first).
+    caught(Bug::NoAfterToken, 20);
+}

@@ -98,6 +98,16 @@ pub struct ServeArgs {
     /// Longest a tombstone is kept after its removal while a peer has not confirmed it holds it (a peer down or cut off); never below the TTL, ms [default: 3600000].
     #[arg(long, env = "MUSTER_TOMBSTONE_MAX_HOLD_MS", value_name = "MS")]
     pub tombstone_max_hold_ms: Option<u64>,
+    /// Largest clock offset tolerated between nodes, ms [default: 500]: peer records and client
+    /// `after` tokens further ahead of this node's clock are refused, and a peer whose measured
+    /// offset exceeds it is flagged skewed.
+    #[arg(long, env = "MUSTER_MAX_CLOCK_SKEW_MS", value_name = "MS")]
+    pub max_clock_skew_ms: Option<u64>,
+    /// Tests only: shift this node's wall clock by MS (may be negative) to simulate clock skew
+    /// between processes on one host.
+    #[arg(long, hide = true, value_name = "MS", allow_hyphen_values = true)]
+    #[serde(skip)]
+    pub test_clock_offset_ms: Option<i64>,
 
     /// Largest request body, bytes [default: 1048576].
     #[arg(long, env = "MUSTER_MAX_BODY_BYTES", value_name = "BYTES")]
@@ -351,6 +361,8 @@ pub struct Settings {
     pub(crate) log_format: LogFormat,
     /// The Nacos adapter's settings.
     pub(crate) nacos: crate::compat::nacos::NacosSettings,
+    /// Tests only: the shift of this node's wall clock, ms.
+    pub(crate) test_clock_offset_ms: i64,
 }
 
 impl Settings {
@@ -385,7 +397,7 @@ impl ServeArgs {
             heartbeat_interval_ms, unhealthy_after_ms, remove_after_ms, sync_delay_ms,
             anti_entropy_interval_ms, ping_interval_ms, suspect_after_ms, down_after_ms,
             startup_timeout_ms, snapshot_retry_ms, tombstone_ttl_ms, health_check_interval_ms,
-            health_check_timeout_ms,
+            health_check_timeout_ms, max_clock_skew_ms,
             max_body_bytes, max_long_polls, history_size, max_wait_ms, request_queue, peer_queue, peer_timeout_ms,
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
@@ -448,6 +460,7 @@ impl ServeArgs {
             storage,
             log_level: self.log_level.clone().unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or_default(),
+            test_clock_offset_ms: self.test_clock_offset_ms.unwrap_or(0),
         })
     }
 
@@ -501,6 +514,7 @@ impl ServeArgs {
         t.snapshot_retry = ms(self.snapshot_retry_ms, t.snapshot_retry);
         t.tombstone_ttl = ms(self.tombstone_ttl_ms, t.tombstone_ttl);
         t.tombstone_max_hold = ms(self.tombstone_max_hold_ms, t.tombstone_max_hold);
+        t.max_clock_skew = ms(self.max_clock_skew_ms, t.max_clock_skew);
         t.health_check_interval = ms(self.health_check_interval_ms, t.health_check_interval);
         let l = &mut c.limits;
         let n = |v: Option<usize>, d: usize| v.unwrap_or(d);

@@ -488,6 +488,19 @@ impl Driver {
                 tracing::warn!(dropped, "sync queue overflowed; anti-entropy will repair the difference");
             }
             Event::InstanceChanged(_) => {}
+            Event::PeerClock { peer, offset, skewed: true } => {
+                tracing::warn!(
+                    %peer,
+                    offset_ms = offset.offset_ms,
+                    uncertainty_ms = offset.uncertainty_ms(),
+                    "peer's clock is further from this node's than max_clock_skew: its records ahead of this clock \
+                     are refused; fix NTP on that host (or on this one, if most peers are flagged: see \
+                     /v1/cluster/nodes)"
+                );
+            }
+            Event::PeerClock { peer, offset, skewed: false } => {
+                tracing::info!(%peer, offset_ms = offset.offset_ms, "peer's clock is within max_clock_skew again");
+            }
             other => tracing::debug!(event = ?other, "core event"),
         }
     }
@@ -539,7 +552,10 @@ mod tests {
     }
 
     fn ping() -> PeerInput {
-        PeerInput { from: NodeId::parse("127.0.0.1:9").unwrap(), msg: PeerMessage::Ping { nonce: 1 } }
+        PeerInput {
+            from: NodeId::parse("127.0.0.1:9").unwrap(),
+            msg: PeerMessage::Ping { nonce: 1, sent_ms: 0 },
+        }
     }
 
     #[test]

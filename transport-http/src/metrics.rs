@@ -410,6 +410,12 @@ impl Metrics {
         );
         counter(
             out,
+            "muster_sync_records_refused_ahead_total",
+            "Records from peers refused for being further ahead of this node's clock than max_clock_skew.",
+            s.registry.rejected_ahead,
+        );
+        counter(
+            out,
             "muster_anti_entropy_rounds_total",
             "Anti-entropy rounds started.",
             s.anti_entropy_rounds,
@@ -435,6 +441,33 @@ fn render_peers(out: &mut String, status: &Status, peer_queues: &[(String, usize
             let age = status.now.saturating_since(t).as_secs_f64();
             let _ = writeln!(out, "muster_peer_last_heard_seconds{{peer=\"{}\"}} {age:.3}", m.id);
         }
+    }
+    header(
+        out,
+        "muster_peer_clock_offset_ms",
+        "Each peer's wall clock minus this node's, ms, from ping round trips.",
+        "gauge",
+    );
+    for m in status.members.iter().filter(|m| !m.is_self) {
+        if let Some(c) = m.clock {
+            let _ = writeln!(out, "muster_peer_clock_offset_ms{{peer=\"{}\"}} {}", m.id, c.offset_ms);
+        }
+    }
+    header(out, "muster_peer_rtt_ms", "The round trip of each peer's clock offset estimate, ms.", "gauge");
+    for m in status.members.iter().filter(|m| !m.is_self) {
+        if let Some(c) = m.clock {
+            let _ = writeln!(out, "muster_peer_rtt_ms{{peer=\"{}\"}} {}", m.id, c.rtt_ms);
+        }
+    }
+    header(
+        out,
+        "muster_peer_clock_skewed",
+        "1 if the peer's clock offset exceeds max_clock_skew beyond its uncertainty (peer=\"self\": most peers are skewed against this node).",
+        "gauge",
+    );
+    for m in &status.members {
+        let peer = if m.is_self { "self".to_owned() } else { m.id.to_string() };
+        let _ = writeln!(out, "muster_peer_clock_skewed{{peer=\"{peer}\"}} {}", u8::from(m.clock_skewed));
     }
     header(out, "muster_peer_queue_frames", "Frames waiting to be sent, per peer.", "gauge");
     for (peer, n) in peer_queues {
@@ -477,6 +510,8 @@ mod tests {
                 is_self: true,
                 last_heard: None,
                 since: Timestamp::ZERO,
+                clock: None,
+                clock_skewed: false,
             }],
             now: Timestamp::ZERO,
             ready: true,

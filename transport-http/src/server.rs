@@ -71,7 +71,7 @@ pub fn init_logging(settings: &Settings) -> Result<(), String> {
 pub async fn run(settings: Settings) -> Result<(), RunError> {
     let clock = Clock::start();
     let mut core = settings.core.clone();
-    core.wall_clock_ms = clock.wall_clock_ms();
+    core.wall_clock_ms = clock.wall_clock_ms().saturating_add_signed(settings.test_clock_offset_ms);
     let mut node = Node::new(core, clock.now())?;
     let metrics = Arc::new(Metrics::default());
     let durable = crate::driver::durable::start(&settings.storage, &mut node, clock.now(), &metrics)?;

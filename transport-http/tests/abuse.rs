@@ -284,7 +284,7 @@ fn a_replayed_peer_request_is_refused_and_cannot_bring_back_a_deleted_instance()
 fn unsigned_stale_forged_and_misattributed_peer_requests_are_refused() {
     let (n, fake) = node_with_fake_peer("peer-forged", &[]);
     let from = NodeId::parse(&fake).unwrap();
-    let body = frames_body(&[encode(&from, &PeerMessage::Ping { nonce: 7 })]);
+    let body = frames_body(&[encode(&from, &PeerMessage::Ping { nonce: 7, sent_ms: 0 })]);
     let send = |headers: Vec<(String, String)>, body: &[u8]| {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         common::request(&n.addr, "POST", "/cluster/v1/messages", &h, Some(body))
@@ -305,7 +305,7 @@ fn unsigned_stale_forged_and_misattributed_peer_requests_are_refused() {
     assert_eq!(r.status, 401, "{}", r.text());
     // Signed by the peer, but a frame inside claims another sender.
     let other = NodeId::parse("127.0.0.1:2").unwrap();
-    let lie = frames_body(&[encode(&other, &PeerMessage::Ping { nonce: 8 })]);
+    let lie = frames_body(&[encode(&other, &PeerMessage::Ping { nonce: 8, sent_ms: 0 })]);
     let r = post_signed(&n, &fake, &nonce(5), &lie);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(post_signed(&n, &fake, &nonce(6), &body).status, 204);

@@ -5,6 +5,7 @@ use super::fixture::{self, cluster, id};
 use super::*;
 use crate::config::Config;
 use crate::model::ServiceKey;
+use crate::record::{InstanceState, RemoveCause};
 
 fn pair() -> Vec<Node> {
     cluster(2)
@@ -82,4 +83,121 @@ fn a_full_event_queue_never_drops_ready() {
     assert!(events.contains(&Event::Ready { loaded_from: None }), "{events:?}");
     assert_eq!(events.len(), 2);
     assert!(node.stats().events_dropped >= 3);
+}
+
+/// Three nodes; `n2:1` runs 30 s behind the others, inside the tolerated
+/// skew (set to an hour here, the old default).
+fn skewed_trio() -> Vec<Node> {
+    fixture::cluster_with(3, |c| {
+        c.timings.max_clock_skew = Duration::from_secs(3600);
+        if c.node_id.as_str() == "n2:1" {
+            c.wall_clock_ms -= 30_000;
+        }
+    })
+}
+
+/// An instance key `n1:1` is responsible for.
+fn key_owned_by_n1(nodes: &[Node]) -> InstanceKey {
+    (1..1000)
+        .map(|port| {
+            InstanceKey::parse(ServiceKey::parse(None, None, "orders").unwrap(), None, "10.0.0.1", port)
+                .unwrap()
+        })
+        .find(|k| nodes[0].responsible_for(k) == id("n1:1"))
+        .unwrap()
+}
+
+/// Runs timers and delivery until `until`, dropping what `cut` says.
+fn run_cut(nodes: &mut [Node], until: Timestamp, cut: &fixture::Cut) {
+    while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {
+        if t > until {
+            break;
+        }
+        for n in nodes.iter_mut() {
+            n.handle_timeout(t);
+        }
+        fixture::pump(nodes, t, cut);
+    }
+    for n in nodes.iter_mut() {
+        n.handle_timeout(until);
+    }
+    fixture::pump(nodes, until, cut);
+}
+
+fn state_of(n: &Node, k: &InstanceKey) -> Option<InstanceState> {
+    match n.instance_record(k)? {
+        Record::Instance { state, .. } => Some(state),
+        Record::Service { .. } => None,
+    }
+}
+
+/// Registers `k` on `n1:1` and lets it replicate; returns the time after.
+fn registered_everywhere(nodes: &mut [Node], k: &InstanceKey) -> Timestamp {
+    run(nodes, Timestamp::from_millis(10));
+    let t = Timestamp::from_millis(1_000);
+    nodes[0].register(t, RegisterRequest::new(k.clone())).unwrap();
+    let t = t + Duration::from_millis(100);
+    run(nodes, t);
+    assert!(nodes.iter().all(|n| n.live_instances().contains_key(k)));
+    t
+}
+
+/// The deregistration taken by the lagging `n2:1` while cut off: after the
+/// heal it must hold on every node.
+fn assert_deregistered_everywhere(nodes: &mut [Node], k: &InstanceKey, from: Timestamp, what: &str) {
+    run(nodes, from + Duration::from_secs(2));
+    for n in nodes.iter() {
+        let state = state_of(n, k);
+        assert!(
+            matches!(state, Some(InstanceState::Removed { cause: RemoveCause::Deregistered, .. })),
+            "{what}: {} holds {state:?}",
+            n.id()
+        );
+    }
+    assert_eq!(nodes[0].digest(), nodes[1].digest());
+    assert_eq!(nodes[0].digest(), nodes[2].digest());
+}
+
+#[test]
+fn a_mark_then_a_lift_on_a_node_never_undo_a_deregistration_taken_on_a_lagging_node() {
+    let mut nodes = skewed_trio();
+    let k = key_owned_by_n1(&nodes);
+    let t = registered_everywhere(&mut nodes, &k);
+    // Every node alone. The client deregisters on the lagging n2:1 while
+    // n1:1, hearing no beats, marks the instance unhealthy, then takes a
+    // late beat and lifts the mark: two derived steps.
+    let alone: &fixture::Cut = &|_, a, b| a != b;
+    nodes[1].deregister(t + Duration::from_millis(1), &k).unwrap();
+    let marked = t + Duration::from_secs(16);
+    run_cut(&mut nodes, marked, alone);
+    assert!(matches!(state_of(&nodes[0], &k), Some(InstanceState::Live(d)) if !d.healthy));
+    nodes[0].heartbeat(marked, &k).unwrap();
+    assert!(matches!(state_of(&nodes[0], &k), Some(InstanceState::Live(d)) if d.healthy));
+    run_cut(&mut nodes, marked + Duration::from_millis(10), alone);
+    assert_deregistered_everywhere(&mut nodes, &k, marked + Duration::from_millis(10), "mark, lift");
+}
+
+#[test]
+fn a_mark_then_a_refutation_never_undo_a_deregistration_taken_on_a_lagging_node() {
+    let mut nodes = skewed_trio();
+    let k = key_owned_by_n1(&nodes);
+    let t = registered_everywhere(&mut nodes, &k);
+    // Every node alone; the client beats n3:1 only and deregisters on the
+    // lagging n2:1. n1:1 marks the instance unhealthy for silence.
+    let alone: &fixture::Cut = &|_, a, b| a != b;
+    nodes[1].deregister(t + Duration::from_millis(1), &k).unwrap();
+    let mut now = t;
+    while now < t + Duration::from_secs(16) {
+        now = now + Duration::from_secs(2);
+        run_cut(&mut nodes, now, alone);
+        let _ = nodes[2].heartbeat(now, &k);
+    }
+    assert!(matches!(state_of(&nodes[0], &k), Some(InstanceState::Live(d)) if !d.healthy));
+    // The n1:1 - n3:1 link heals first: n3:1 refutes the mark (second step).
+    let n2_alone: &fixture::Cut = &|_, a, b| a.as_str() == "n2:1" || b.as_str() == "n2:1";
+    run_cut(&mut nodes, now + Duration::from_secs(6), n2_alone);
+    assert!(nodes[2].stats().registry.refuted > 0, "no refutation happened");
+    assert!(matches!(state_of(&nodes[0], &k), Some(InstanceState::Live(d)) if d.healthy));
+    let now = now + Duration::from_secs(6);
+    assert_deregistered_everywhere(&mut nodes, &k, now, "mark, refutation");
 }

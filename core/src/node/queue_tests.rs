@@ -48,7 +48,7 @@ fn a_full_transmit_queue_never_drops_a_snapshot_page() {
     let now = Timestamp::from_millis(6_001);
     n.handle_message(now, &peer, PeerMessage::SnapshotRequest { cursor: 0 }).unwrap();
     for nonce in 0..10 {
-        n.handle_message(now, &peer, PeerMessage::Ping { nonce }).unwrap();
+        n.handle_message(now, &peer, PeerMessage::Ping { nonce, sent_ms: 0 }).unwrap();
     }
     let out: Vec<PeerMessage> = std::iter::from_fn(|| n.poll_transmit()).map(|t| t.msg).collect();
     assert_eq!(out.len(), 3);

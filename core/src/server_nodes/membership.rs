@@ -18,6 +18,7 @@ use crate::config::Timings;
 use crate::message::PeerMessage;
 use crate::model::NodeId;
 use crate::node::Transmit;
+use crate::ordering::{ClockOffset, OffsetEstimator};
 use crate::responsibility::Responsibility;
 use crate::time::Timestamp;
 
@@ -58,6 +59,13 @@ pub struct MemberView {
     /// When its state last changed (local time).
     #[serde(skip)]
     pub since: Timestamp,
+    /// Its clock offset from this node's and the round trip it was measured
+    /// with; `None` for this node and before the first ack.
+    pub clock: Option<ClockOffset>,
+    /// Whether its offset exceeds `max_clock_skew` beyond the estimate's
+    /// uncertainty. For this node: whether most of its peers are so flagged,
+    /// so that its own clock is the likely culprit.
+    pub clock_skewed: bool,
 }
 
 /// A change of a peer's state.
@@ -78,6 +86,8 @@ struct Peer {
     last_heard: Timestamp,
     heard: Option<Timestamp>,
     since: Timestamp,
+    clock: OffsetEstimator,
+    skewed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -96,7 +106,17 @@ impl Membership {
     pub(crate) fn new(me: NodeId, peers: &[NodeId], timings: &Timings, now: Timestamp) -> Membership {
         let peers = peers
             .iter()
-            .map(|p| (p.clone(), Peer { state: PeerState::Up, last_heard: now, heard: None, since: now }))
+            .map(|p| {
+                let peer = Peer {
+                    state: PeerState::Up,
+                    last_heard: now,
+                    heard: None,
+                    since: now,
+                    clock: OffsetEstimator::default(),
+                    skewed: false,
+                };
+                (p.clone(), peer)
+            })
             .collect();
         Membership {
             me,
@@ -145,9 +165,12 @@ impl Membership {
         Some(Transition { peer: id.clone(), from, to: PeerState::Up })
     }
 
-    /// A peer's ping: answered with its nonce.
-    pub(crate) fn handle_ping(&mut self, from: &NodeId, nonce: u64) {
-        self.transmits.push_back(Transmit { to: from.clone(), msg: PeerMessage::Ack { nonce } });
+    /// A peer's ping, sent at its wall time `sent_ms` and taken at this
+    /// node's `wall_ms`: answered with its nonce and both times (the peer's
+    /// clock offset estimate needs all four, see [`crate::ordering`]).
+    pub(crate) fn handle_ping(&mut self, from: &NodeId, nonce: u64, sent_ms: u64, wall_ms: u64) {
+        let ack = PeerMessage::Ack { nonce, ping_sent_ms: sent_ms, received_ms: wall_ms, sent_ms: wall_ms };
+        self.transmits.push_back(Transmit { to: from.clone(), msg: ack });
     }
 
     /// The next ping or ack to send. The node drains these after every call.
@@ -156,9 +179,10 @@ impl Membership {
         self.transmits.pop_front()
     }
 
-    /// Ages every peer by silence and pings every peer (`poll_transmit`);
-    /// returns the transitions.
-    pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Transition> {
+    /// Ages every peer by silence and pings every peer (`poll_transmit`),
+    /// each ping carrying this node's wall time `wall_ms`; returns the
+    /// transitions.
+    pub(crate) fn tick(&mut self, now: Timestamp, wall_ms: u64) -> Vec<Transition> {
         let mut out = Vec::new();
         for (id, p) in &mut self.peers {
             let silent = now.saturating_since(p.last_heard);
@@ -178,10 +202,39 @@ impl Membership {
         }
         for id in self.peers.keys() {
             self.ping_nonce = self.ping_nonce.wrapping_add(1);
-            self.transmits
-                .push_back(Transmit { to: id.clone(), msg: PeerMessage::Ping { nonce: self.ping_nonce } });
+            self.transmits.push_back(Transmit {
+                to: id.clone(),
+                msg: PeerMessage::Ping { nonce: self.ping_nonce, sent_ms: wall_ms },
+            });
         }
         out
+    }
+
+    /// Takes a ping round trip to `id` (`[t1, t2, t3, t4]`, see
+    /// [`crate::ordering`]); returns its estimate and new flag when its skew
+    /// flag changed against `bound`.
+    pub(crate) fn clock_sample(
+        &mut self,
+        id: &NodeId,
+        [t1, t2, t3, t4]: [u64; 4],
+        bound: std::time::Duration,
+    ) -> Option<(ClockOffset, bool)> {
+        let p = self.peers.get_mut(id)?;
+        p.clock.add(t1, t2, t3, t4);
+        let estimate = p.clock.estimate()?;
+        let skewed = estimate.exceeds(bound);
+        if skewed == p.skewed {
+            return None;
+        }
+        p.skewed = skewed;
+        Some((estimate, skewed))
+    }
+
+    /// Whether most peers are flagged skewed: then this node's own clock is
+    /// the likely culprit.
+    pub(crate) fn self_skewed(&self) -> bool {
+        let skewed = self.peers.values().filter(|p| p.skewed).count();
+        skewed > 0 && skewed * 2 > self.peers.len()
     }
 
     /// Gives every peer a fresh grace period (after this node paused, its
@@ -200,6 +253,8 @@ impl Membership {
             is_self: true,
             last_heard: None,
             since: self.started,
+            clock: None,
+            clock_skewed: self.self_skewed(),
         }];
         out.extend(self.peers.iter().map(|(id, p)| MemberView {
             id: id.clone(),
@@ -207,6 +262,8 @@ impl Membership {
             is_self: false,
             last_heard: p.heard,
             since: p.since,
+            clock: p.clock.estimate(),
+            clock_skewed: p.skewed,
         }));
         out
     }
@@ -229,15 +286,18 @@ mod tests {
     #[test]
     fn a_tick_pings_every_peer_and_a_ping_is_answered_with_its_nonce() {
         let mut m = members();
-        let _ = m.tick(Timestamp::from_millis(1000));
+        let _ = m.tick(Timestamp::from_millis(1000), 0);
         let pings: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
         let to: Vec<&str> = pings.iter().map(|t| t.to.as_str()).collect();
         assert_eq!(to, ["b:1", "c:1"]);
-        assert!(matches!(pings[0].msg, PeerMessage::Ping { nonce: 1 }));
-        assert!(matches!(pings[1].msg, PeerMessage::Ping { nonce: 2 }));
-        m.handle_ping(&id("c:1"), 7);
+        assert!(matches!(pings[0].msg, PeerMessage::Ping { nonce: 1, sent_ms: 0 }));
+        assert!(matches!(pings[1].msg, PeerMessage::Ping { nonce: 2, sent_ms: 0 }));
+        m.handle_ping(&id("c:1"), 7, 5, 9);
         let ack = m.poll_transmit().unwrap();
-        assert_eq!((ack.to, ack.msg), (id("c:1"), PeerMessage::Ack { nonce: 7 }));
+        assert_eq!(
+            (ack.to, ack.msg),
+            (id("c:1"), PeerMessage::Ack { nonce: 7, ping_sent_ms: 5, received_ms: 9, sent_ms: 9 })
+        );
         assert_eq!(m.poll_transmit(), None);
     }
 
@@ -246,11 +306,11 @@ mod tests {
         let mut m = members();
         let t = Timings::default();
         m.heard_from(Timestamp::ZERO, &id("c:1"));
-        assert!(m.tick(Timestamp::ZERO + (t.suspect_after - Duration::from_millis(1))).is_empty());
-        let tr = m.tick(Timestamp::ZERO + t.suspect_after);
+        assert!(m.tick(Timestamp::ZERO + (t.suspect_after - Duration::from_millis(1)), 0).is_empty());
+        let tr = m.tick(Timestamp::ZERO + t.suspect_after, 0);
         assert_eq!(tr.len(), 2);
         assert!(tr.iter().all(|t| t.to == PeerState::Suspect));
-        let tr = m.tick(Timestamp::ZERO + t.down_after);
+        let tr = m.tick(Timestamp::ZERO + t.down_after, 0);
         assert!(tr.iter().all(|t| t.from == PeerState::Suspect && t.to == PeerState::Down));
         assert_eq!(m.reachable().count(), 0);
         assert!(m.responsibility().is_mine(12345));
@@ -259,7 +319,7 @@ mod tests {
     #[test]
     fn any_message_brings_a_down_peer_back_up() {
         let mut m = members();
-        m.tick(Timestamp::from_millis(60_000));
+        m.tick(Timestamp::from_millis(60_000), 0);
         let tr = m.heard_from(Timestamp::from_millis(60_001), &id("b:1")).unwrap();
         assert_eq!((tr.from, tr.to), (PeerState::Down, PeerState::Up));
         assert_eq!(m.state(&id("b:1")), Some(PeerState::Up));
@@ -274,9 +334,33 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_past_the_skew_bound_is_flagged_and_a_node_skewed_against_most_flags_itself() {
+        let mut m = members();
+        let bound = Duration::from_millis(500);
+        let t = 1_700_000_000_000u64;
+        // b:1 is 2 s ahead over a 10 ms round trip; c:1 is 300 ms behind.
+        assert_eq!(
+            m.clock_sample(&id("b:1"), [t, t + 2_005, t + 2_005, t + 10], bound).map(|x| x.1),
+            Some(true)
+        );
+        assert_eq!(m.clock_sample(&id("b:1"), [t, t + 2_005, t + 2_005, t + 10], bound), None, "no change");
+        assert_eq!(m.clock_sample(&id("c:1"), [t, t - 295, t - 295, t + 10], bound), None);
+        let view = m.view();
+        let b = view.iter().find(|v| v.id == id("b:1")).unwrap();
+        assert_eq!(b.clock, Some(ClockOffset { offset_ms: 2_000, rtt_ms: 10 }));
+        assert!(b.clock_skewed);
+        assert!(!view[0].clock_skewed, "one peer of two is no majority");
+        m.clock_sample(&id("c:1"), [t, t - 995, t - 995, t + 10], bound);
+        assert!(m.view()[0].clock_skewed, "both peers disagree with this node's clock");
+        // An offset within the bound only by its uncertainty is not flagged.
+        let mut m = members();
+        assert_eq!(m.clock_sample(&id("b:1"), [t, t + 700, t + 700, t + 400], bound), None);
+    }
+
+    #[test]
     fn grace_after_a_pause_keeps_peers_up() {
         let mut m = members();
         m.grant_grace(Timestamp::from_millis(100_000));
-        assert!(m.tick(Timestamp::from_millis(100_001)).is_empty());
+        assert!(m.tick(Timestamp::from_millis(100_001), 0).is_empty());
     }
 }

@@ -49,7 +49,12 @@ pub(crate) enum MergeOutcome {
 impl ServiceManager {
     /// Merges one record received from a peer.
     pub(crate) fn merge(&mut self, now: Timestamp, record: Record) -> MergeOutcome {
-        if let Err(why) = self.check_record(now, &record) {
+        if let Err(why) = self.check_ahead(now, &record) {
+            self.stats.rejected += 1;
+            self.stats.rejected_ahead += 1;
+            return MergeOutcome::Rejected(why);
+        }
+        if let Err(why) = self.check_record(&record) {
             self.stats.rejected += 1;
             return MergeOutcome::Rejected(why);
         }
@@ -70,7 +75,9 @@ impl ServiceManager {
         outcome
     }
 
-    fn check_record(&self, now: Timestamp, record: &Record) -> Result<(), RecordRejection> {
+    /// Refuses a record further ahead of this node's wall clock than
+    /// `max_clock_skew` (its version, or its removal time).
+    fn check_ahead(&self, now: Timestamp, record: &Record) -> Result<(), RecordRejection> {
         let limit = self.wall(now).saturating_add(crate::time::millis(self.timings.max_clock_skew));
         let removed_at = match record {
             Record::Instance { state, .. } => state.removed_at_ms(),
@@ -80,6 +87,10 @@ impl ServiceManager {
         if record.version().physical_ms() > limit || removed_at.is_some_and(|at| at > limit) {
             return Err(RecordRejection::AheadOfClock { version: record.version().clone() });
         }
+        Ok(())
+    }
+
+    fn check_record(&self, record: &Record) -> Result<(), RecordRejection> {
         let metadata_limits = self.limits.metadata();
         match record {
             Record::Instance { state: InstanceState::Live(d), .. } => {
@@ -149,9 +160,8 @@ impl ServiceManager {
             };
             data.healthy = true;
             // Derived from the record being refuted, so it wins over it and
-            // still loses to any concurrent client write.
-            let fresh = version.derived(self.me.clone());
-            self.hlc.observe(fresh.counter);
+            // still loses to any client write newer than the one it descends from.
+            let fresh = self.derive(&version);
             self.with_cause(ChangeCause::Refutation, |r| {
                 r.set_instance(index, fresh, InstanceState::Live(data), now, true);
             });
@@ -186,7 +196,7 @@ impl ServiceManager {
         version: &Version,
         state: &InstanceState,
     ) -> Option<Duration> {
-        if version.origin == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
+        if *version.writer() == self.me || self.bugs.has(crate::bugs::Bug::NoRefute) {
             return None;
         }
         let e = self.store.instances.get(index)?;
@@ -197,7 +207,7 @@ impl ServiceManager {
             // A client that states its own instance unhealthy asked for it,
             // like a deregistration: only a node's judgement is refuted.
             InstanceState::Live(d) => {
-                d.ephemeral && !d.healthy && current.healthy && version.author == Author::Registry
+                d.ephemeral && !d.healthy && current.healthy && version.author() == Author::Registry
             }
         };
         if !condemns || !e.witnessed {

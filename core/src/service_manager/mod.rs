@@ -69,6 +69,9 @@ pub struct RegistryStats {
     pub stale: u64,
     /// Records from peers refused (invalid or over a limit).
     pub rejected: u64,
+    /// Of those, records further ahead of this node's clock than
+    /// `max_clock_skew` (from a skewed peer, or a corrupted counter).
+    pub rejected_ahead: u64,
     /// Tombstones purged.
     pub purged: u64,
     /// Health changes of persistent instances made by active checks.
@@ -293,6 +296,17 @@ impl ServiceManager {
         self.wall_clock_ms.saturating_add(now.as_millis())
     }
 
+    /// This node's wall clock at `now`, in milliseconds since the Unix epoch.
+    pub(crate) fn wall_ms(&self, now: Timestamp) -> u64 {
+        self.wall(now)
+    }
+
+    /// Advances the version clock past `counter` (a client's ordering token,
+    /// already checked against the skew bound).
+    pub(crate) fn observe(&mut self, counter: u64) {
+        self.hlc.observe(counter);
+    }
+
     /// A fresh version for a client's write.
     fn next_version(&mut self, now: Timestamp) -> Version {
         let wall = self.wall(now);
@@ -300,12 +314,24 @@ impl ServiceManager {
     }
 
     /// The version of this node's own judgement about the instance in slot
-    /// `index`: the smallest above its current version (see
-    /// [`crate::record::Author`]).
+    /// `index`: its current version one step further (see [`Version`]).
     fn derived_version(&mut self, index: u32) -> Option<Version> {
-        let v = self.store.instances.get(index)?.version.derived(self.me.clone());
-        self.hlc.observe(v.counter);
-        Some(v)
+        let v = self.store.instances.get(index)?.version.clone();
+        Some(self.derive(&v))
+    }
+
+    /// This node's judgement about a record of version `v`.
+    pub(crate) fn derive(&mut self, v: &Version) -> Version {
+        let mut d = v.derived(self.me.clone());
+        if self.bugs.has(crate::bugs::Bug::DerivedPlusOne) {
+            // The old rule: the smallest counter above the judged record,
+            // which a client write on a lagging node does not pass.
+            d.counter = d.counter.saturating_add(1);
+            d.origin = self.me.clone();
+            d.step = 1;
+        }
+        self.hlc.observe(d.counter);
+        d
     }
 
     /// Sets an instance's version and state through the Storage's writer,
@@ -350,8 +376,8 @@ impl ServiceManager {
         if self.history.is_some() {
             if let Some(kind) = self.store.instances.get(index).and_then(|e| classify(Some(&e.state), &state))
             {
-                let cause = if local { self.cause } else { merged_cause(version.author, &state) };
-                self.note(now, index, kind, cause, version.origin.clone());
+                let cause = if local { self.cause } else { merged_cause(version.author(), &state) };
+                self.note(now, index, kind, cause, version.writer().clone());
             }
         }
         let Some((_, new)) = self.store.write_instance(index, version, state, lease, local) else { return };

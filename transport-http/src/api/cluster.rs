@@ -25,6 +25,15 @@ pub(super) async fn nodes(state: &Arc<AppState>) -> Result<Response<Body>, ApiEr
         last_seen_ms: Option<u64>,
         /// Milliseconds since its state last changed.
         state_since_ms: u64,
+        /// Its wall clock minus this node's, ms, from ping round trips; 0
+        /// for this node, `null` before the first ack.
+        clock_offset_ms: Option<i64>,
+        /// The round trip of that estimate, ms: the offset is within half.
+        rtt_ms: Option<u64>,
+        /// `ok`, `skewed` (offset beyond `max_clock_skew` and its
+        /// uncertainty; for this node: most peers are skewed against it) or
+        /// `unknown` (no round trip yet).
+        clock: &'static str,
     }
     #[derive(Serialize)]
     struct Nodes<'a> {
@@ -44,6 +53,13 @@ pub(super) async fn nodes(state: &Arc<AppState>) -> Result<Response<Body>, ApiEr
             is_self: m.is_self,
             last_seen_ms: if m.is_self { Some(0) } else { m.last_heard.map(age) },
             state_since_ms: age(m.since),
+            clock_offset_ms: if m.is_self { Some(0) } else { m.clock.map(|c| c.offset_ms) },
+            rtt_ms: if m.is_self { Some(0) } else { m.clock.map(|c| c.rtt_ms) },
+            clock: match (m.clock_skewed, m.is_self || m.clock.is_some()) {
+                (true, _) => "skewed",
+                (false, true) => "ok",
+                (false, false) => "unknown",
+            },
         })
         .collect();
     Ok(json_response(StatusCode::OK, &Nodes { me: state.node_id.as_str(), ready: status.ready, nodes }))

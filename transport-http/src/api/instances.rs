@@ -19,12 +19,50 @@ use super::{AppState, KEY_BODY};
 use crate::error::{ApiError, Body, bytes_response, json_response};
 use crate::snapshot::Published;
 
+/// The response header of every instance write: the client's ordering token
+/// for its next write (see `muster_core::ordering`).
+pub(crate) const COUNTER_HEADER: &str = "muster-counter";
+
+/// The ordering token of a write: `?after=<counter>`, 0 when absent.
+fn after(q: &Query) -> Result<u64, ApiError> {
+    match q.get("after") {
+        None => Ok(0),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::invalid(
+                "after",
+                format!(
+                    "must be a version counter (a non-negative integer, from the {COUNTER_HEADER} header of a write \
+                     answer), got {:?}",
+                    crate::error::echo(v)
+                ),
+            )
+        }),
+    }
+}
+
+/// Runs a write after the node's clock observed the client's token; the
+/// reply and the client's new token.
+async fn ordered(state: &AppState, after: u64, request: Request) -> Result<(Reply, u64), ApiError> {
+    match state.driver.request(Request::Ordered { after, request: Box::new(request) }).await? {
+        Reply::Ordered { counter, reply } => Ok((*reply, counter)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `response` with the client's new ordering token.
+fn with_counter(mut response: Response<Body>, counter: u64) -> Response<Body> {
+    response.headers_mut().insert(COUNTER_HEADER, hyper::header::HeaderValue::from(counter));
+    response
+}
+
 /// `POST /v1/instances`
 pub(super) async fn register(
     state: &Arc<AppState>,
+    q: &Query,
     allowed: &[&str],
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let after = after(q)?;
     let mut req = match super::fast::register(body) {
         Some(req) => req,
         None => {
@@ -42,8 +80,8 @@ pub(super) async fn register(
         }
     };
     check_registration(state, &mut req)?;
-    match state.driver.request(Request::Register(req)).await? {
-        Reply::Registered(r) => {
+    match ordered(state, after, Request::Register(req)).await? {
+        (Reply::Registered(r), counter) => {
             #[derive(Serialize)]
             struct Registered {
                 instance_id: String,
@@ -55,9 +93,9 @@ pub(super) async fn register(
                 heartbeat_interval_ms: millis(r.heartbeat_interval),
                 created: r.created,
             };
-            Ok(json_response(StatusCode::OK, &body))
+            Ok(with_counter(json_response(StatusCode::OK, &body), counter))
         }
-        other => Err(unexpected(&other)),
+        (other, _) => Err(unexpected(&other)),
     }
 }
 
@@ -163,9 +201,11 @@ fn beats_response(state: &AppState, replies: &[BeatReply]) -> Result<Response<Bo
 /// `PATCH /v1/instances`
 pub(super) async fn update(
     state: &Arc<AppState>,
+    q: &Query,
     allowed: &[&str],
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let after = after(q)?;
     let mut o = Obj::from_body(body, allowed)?;
     let key = o.instance_key()?;
     let upd = UpdateRequest {
@@ -175,19 +215,20 @@ pub(super) async fn update(
         metadata: o.string_map("metadata")?,
     };
     let instance_id = key.instance_id();
-    match state.driver.request(Request::Update(key, upd)).await? {
-        Reply::Done => Ok(instance_id_response(instance_id)),
-        other => Err(unexpected(&other)),
+    match ordered(state, after, Request::Update(key, upd)).await? {
+        (Reply::Done, counter) => Ok(with_counter(instance_id_response(instance_id), counter)),
+        (other, _) => Err(unexpected(&other)),
     }
 }
 
 /// `DELETE /v1/instances?service=&ip=&port=`
 pub(super) async fn deregister(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, ApiError> {
+    let after = after(q)?;
     let key = q.instance_key()?;
     let instance_id = key.instance_id();
-    match state.driver.request(Request::Deregister(key)).await? {
-        Reply::Done => Ok(instance_id_response(instance_id)),
-        other => Err(unexpected(&other)),
+    match ordered(state, after, Request::Deregister(key)).await? {
+        (Reply::Done, counter) => Ok(with_counter(instance_id_response(instance_id), counter)),
+        (other, _) => Err(unexpected(&other)),
     }
 }
 

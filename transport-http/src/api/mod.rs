@@ -109,6 +109,9 @@ const UPDATE_BODY: &[&str] =
 const QUERY_Q: &[&str] = &["namespace", "group", "service", "clusters", "healthy_only", "checksum", "wait"];
 const LIST_Q: &[&str] = &["namespace", "group", "search", "page", "page_size"];
 const SERVICE_BODY: &[&str] = &["protect_threshold", "metadata"];
+/// The ordering token of an instance write (see `instances::after`).
+const AFTER_Q: &[&str] = &["after"];
+const DEREGISTER_Q: &[&str] = &["namespace", "group", "service", "cluster", "ip", "port", "after"];
 
 #[allow(clippy::too_many_arguments)]
 const fn route(
@@ -133,7 +136,7 @@ pub(crate) const ROUTES: [Route; 22] = [
         Handler::RegisterInstance,
         Access::Write,
         true,
-        &[],
+        AFTER_Q,
         REGISTER_BODY,
     ),
     route(
@@ -153,7 +156,7 @@ pub(crate) const ROUTES: [Route; 22] = [
         Handler::UpdateInstance,
         Access::Write,
         true,
-        &[],
+        AFTER_Q,
         UPDATE_BODY,
     ),
     route(
@@ -163,7 +166,7 @@ pub(crate) const ROUTES: [Route; 22] = [
         Handler::DeregisterInstance,
         Access::Write,
         true,
-        KEY_Q,
+        DEREGISTER_Q,
         &[],
     ),
     route(
@@ -384,9 +387,9 @@ pub(crate) async fn dispatch(
     let q = || Ok::<_, ApiError>(parsed.clone());
     let service = m.param.as_deref().unwrap_or_default();
     match m.route.handler {
-        Handler::RegisterInstance => instances::register(state, m.route.body, &body).await,
+        Handler::RegisterInstance => instances::register(state, &q()?, m.route.body, &body).await,
         Handler::BeatInstances => instances::beat(state, m.route.body, &body).await,
-        Handler::UpdateInstance => instances::update(state, m.route.body, &body).await,
+        Handler::UpdateInstance => instances::update(state, &q()?, m.route.body, &body).await,
         Handler::DeregisterInstance => instances::deregister(state, &q()?).await,
         Handler::QueryInstances => instances::query(state, &q()?).await,
         Handler::ListServices => services::list(state, &q()?).await,

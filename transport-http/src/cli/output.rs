@@ -349,6 +349,9 @@ mod tests {
                     is_self: true,
                     last_seen_ms: Some(0),
                     state_since_ms: 65_000,
+                    clock_offset_ms: None,
+                    rtt_ms: None,
+                    clock: None,
                 },
                 NodeInfo {
                     id: "b:2".into(),
@@ -356,6 +359,9 @@ mod tests {
                     is_self: false,
                     last_seen_ms: None,
                     state_since_ms: 800,
+                    clock_offset_ms: None,
+                    rtt_ms: None,
+                    clock: None,
                 },
             ],
         };

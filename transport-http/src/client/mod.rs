@@ -451,6 +451,16 @@ impl Client {
         Ok(self.inner.pool.json(&call).await?.0)
     }
 
+    /// The client's ordering token: the highest version counter a server
+    /// answered one of its instance writes with (0 before the first). Every
+    /// instance write (register, update, deregister, re-registration) sends
+    /// it as `?after=`, so the node that takes the write issues a version
+    /// above all of this client's earlier writes, on any node: one client's
+    /// writes keep their order across failover between skewed nodes.
+    pub fn ordering_token(&self) -> u64 {
+        self.inner.pool.after()
+    }
+
     /// The cluster's members as the first reachable server sees them.
     pub async fn nodes(&self) -> Result<ClusterNodes, Error> {
         let call = Call::new(Method::GET, "/v1/cluster/nodes", self.inner.settings.request_timeout);

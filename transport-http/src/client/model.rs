@@ -468,6 +468,16 @@ pub struct NodeInfo {
     pub last_seen_ms: Option<u64>,
     /// Milliseconds since its state last changed.
     pub state_since_ms: u64,
+    /// Its wall clock minus the answering node's, ms (0 for the answering
+    /// node; `None` before the first ping round trip, or from an older server).
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// The round trip that estimate comes from, ms: the offset is within half.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
+    /// `ok`, `skewed` or `unknown` (`None` from an older server).
+    #[serde(default)]
+    pub clock: Option<String>,
 }
 
 /// The health of one server, from [`Client::health`](super::Client::health).

@@ -38,6 +38,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::{Attempt, Error, Unavailable};
+
+/// The answer header of an instance write carrying the client's new ordering
+/// token (the server's `api::instances::COUNTER_HEADER`).
+const COUNTER_HEADER: &str = "muster-counter";
 use super::runtime;
 
 /// The port of a server address given without one.
@@ -73,6 +77,11 @@ pub(crate) struct Pool {
     current: AtomicUsize,
     switches: AtomicU64,
     timings: PoolTimings,
+    /// The client's ordering token: the highest `muster-counter` any server
+    /// answered an instance write with, sent back as `?after=` on every
+    /// instance write (0: none yet, nothing sent), so this client's writes
+    /// keep their order when it fails over between nodes whose clocks differ.
+    after: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -126,6 +135,13 @@ impl Call {
         Call { watch: true, ..Call::new(Method::GET, path, timeout) }
     }
 
+    /// Whether the call writes an instance (`POST`, `PATCH` or `DELETE`
+    /// `/v1/instances`): it carries the client's ordering token.
+    pub(crate) fn is_instance_write(&self) -> bool {
+        let path = self.path.split_once('?').map_or(self.path.as_str(), |(p, _)| p);
+        path == "/v1/instances" && matches!(self.method, Method::POST | Method::PATCH | Method::DELETE)
+    }
+
     /// The same call with a JSON body.
     pub(crate) fn json(mut self, body: &impl Serialize) -> Result<Call, Error> {
         let bytes = serde_json::to_vec(body).map_err(|e| Error::invalid("body", e.to_string()))?;
@@ -141,6 +157,8 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
     /// Index of the server that answered.
     pub(crate) server: usize,
+    /// The `muster-counter` header of the answer, if any.
+    pub(crate) counter: Option<u64>,
 }
 
 impl Pool {
@@ -192,6 +210,7 @@ impl Pool {
             auth,
             current: AtomicUsize::new(0),
             switches: AtomicU64::new(0),
+            after: AtomicU64::new(0),
             timings,
         })
     }
@@ -313,8 +332,14 @@ impl Pool {
     /// Sends `call` to server `i` only; `Err` is why it could not be reached.
     pub(crate) async fn send_to(&self, i: usize, call: &Call) -> Result<Answer, String> {
         let addr = self.addr(i);
-        let uri: Uri =
-            format!("http://{addr}{}", call.path).parse().map_err(|e| format!("bad request URI: {e}"))?;
+        let ordered = call.is_instance_write();
+        let after = if ordered { self.after.load(Ordering::Acquire) } else { 0 };
+        let path = match (after, call.path.contains('?')) {
+            (0, _) => std::borrow::Cow::Borrowed(call.path.as_str()),
+            (a, true) => std::borrow::Cow::Owned(format!("{}&after={a}", call.path)),
+            (a, false) => std::borrow::Cow::Owned(format!("{}?after={a}", call.path)),
+        };
+        let uri: Uri = format!("http://{addr}{path}").parse().map_err(|e| format!("bad request URI: {e}"))?;
         let mut req =
             Request::builder().method(call.method.clone()).uri(uri).header(USER_AGENT, USER_AGENT_VALUE);
         if call.body.is_some() {
@@ -330,12 +355,17 @@ impl Pool {
         let exchange = async move {
             let resp = http.request(req).await.map_err(|e| describe_request_error(&e))?;
             let status = resp.status();
+            let counter = resp
+                .headers()
+                .get(COUNTER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             let body = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
                 .map_err(|e| format!("answer cut off: {}", describe(&*e)))?
                 .to_bytes();
-            Ok(Answer { status, body, server: i })
+            Ok(Answer { status, body, server: i, counter })
         };
         let timeout = call.timeout;
         let mut hung = match self.servers.get(i) {
@@ -359,7 +389,16 @@ impl Pool {
                 () = cut => Err("the server stopped answering probes (hung?); watching elsewhere".to_owned()),
             }
         };
-        runtime::run(timed).await.map_err(|e| e.to_string())?
+        let answer = runtime::run(timed).await.map_err(|e| e.to_string())??;
+        if let (true, Some(c)) = (ordered, answer.counter) {
+            self.after.fetch_max(c, Ordering::AcqRel);
+        }
+        Ok(answer)
+    }
+
+    /// The client's ordering token (0: no instance write answered yet).
+    pub(crate) fn after(&self) -> u64 {
+        self.after.load(Ordering::Acquire)
     }
 
     /// Starts the prober of servers with watches in flight, once.

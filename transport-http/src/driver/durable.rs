@@ -89,6 +89,9 @@ impl Durable {
 /// Whether a request changes records (its reply may have to wait for the
 /// disk). Heartbeats and reads do not.
 pub(crate) fn is_write(req: &Request) -> bool {
+    if let Request::Ordered { request, .. } = req {
+        return is_write(request);
+    }
     matches!(
         req,
         Request::Register(_)

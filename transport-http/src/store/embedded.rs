@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use muster_core::durable::{RECORD_FORMAT, decode_record};
+use muster_core::durable::{OLD_RECORD_FORMAT, RECORD_FORMAT, decode_record};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{FILE_NAME, Store, StoreError, Stored, WriteSet};
@@ -56,6 +56,16 @@ impl EmbeddedStore {
                     meta.insert("format", u64::from(RECORD_FORMAT)).map_err(|e| err(e.into()))?;
                 }
                 Some(f) if f == u64::from(RECORD_FORMAT) => {}
+                Some(f) if f == u64::from(OLD_RECORD_FORMAT) => {
+                    // Its records are read and migrated one by one on load
+                    // (`muster_core::durable`); from now on the file is
+                    // format 2, which an older build refuses.
+                    tracing::info!(
+                        path = %path.display(),
+                        "store format {f}: migrating to format {RECORD_FORMAT} (issue 9's versions); an older Muster can no longer open this directory"
+                    );
+                    meta.insert("format", u64::from(RECORD_FORMAT)).map_err(|e| err(e.into()))?;
+                }
                 Some(f) => {
                     return Err(StoreError::Corrupt {
                         path: path.clone(),

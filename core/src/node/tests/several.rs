@@ -108,7 +108,8 @@ fn a_restarted_node_loads_the_registry_before_it_is_ready() {
     // n3 restarts with empty memory.
     let mut c = nodes[2].config().clone();
     c.limits.max_records_per_message = 2; // several snapshot pages
-    c.wall_clock_ms -= 5_000; // and its wall clock went back
+    c.wall_clock_ms -= 5_000; // and its wall clock went back,
+    c.timings.max_clock_skew = Duration::from_secs(10); // within the tolerated skew
     nodes[2] = Node::new(c, at(20)).unwrap();
     assert!(!nodes[2].is_ready());
     run_cluster(&mut nodes, at(30), &no_drop);
@@ -257,7 +258,8 @@ fn run_cluster_filtered(nodes: &mut [Node], until: Timestamp, from: &NodeId) {
 fn messages_from_strangers_and_oversized_messages_are_refused() {
     let mut nodes = cluster(2);
     let stranger = id("x:1");
-    let err = nodes[0].handle_message(at(0), &stranger, PeerMessage::Ping { nonce: 1 }).unwrap_err();
+    let err =
+        nodes[0].handle_message(at(0), &stranger, PeerMessage::Ping { nonce: 1, sent_ms: 0 }).unwrap_err();
     assert!(matches!(err, MessageError::UnknownPeer(_)));
     let peer = nodes[1].id().clone();
     let beats = vec![
