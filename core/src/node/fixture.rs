@@ -58,3 +58,21 @@ pub(super) fn pump(nodes: &mut [Node], now: Timestamp, cut: &Cut) {
     }
     panic!("the nodes did not go quiet");
 }
+
+/// Runs every node's timers in order up to `until`, delivering messages
+/// (minus those `cut` loses) after each firing.
+pub(super) fn run(nodes: &mut [Node], until: Timestamp, cut: &Cut) {
+    while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {
+        if t > until {
+            break;
+        }
+        for n in nodes.iter_mut() {
+            n.handle_timeout(t);
+        }
+        pump(nodes, t, cut);
+    }
+    for n in nodes.iter_mut() {
+        n.handle_timeout(until);
+    }
+    pump(nodes, until, cut);
+}

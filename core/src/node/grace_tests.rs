@@ -1,25 +1,9 @@
 //! Grace periods belong to the instances whose responsible node changed, not
 //! to the whole registry.
 
-use super::fixture::{Cut, cluster, pump};
+use super::fixture::{Cut, cluster, run};
 use super::*;
 use crate::model::ServiceKey;
-
-fn run(nodes: &mut [Node], until: Timestamp, cut: &Cut) {
-    while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {
-        if t > until {
-            break;
-        }
-        for n in nodes.iter_mut() {
-            n.handle_timeout(t);
-        }
-        pump(nodes, t, cut);
-    }
-    for n in nodes.iter_mut() {
-        n.handle_timeout(until);
-    }
-    pump(nodes, until, cut);
-}
 
 #[test]
 fn a_flapping_link_does_not_keep_a_dead_clients_instance_alive() {

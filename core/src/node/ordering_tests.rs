@@ -20,20 +20,9 @@ fn pump(nodes: &mut [Node], now: Timestamp) {
     fixture::pump(nodes, now, &|_, _, _| false);
 }
 
+/// Runs the timers up to `until` with every message delivered.
 fn run(nodes: &mut [Node], until: Timestamp) {
-    while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {
-        if t > until {
-            break;
-        }
-        for n in nodes.iter_mut() {
-            n.handle_timeout(t);
-        }
-        pump(nodes, t);
-    }
-    for n in nodes.iter_mut() {
-        n.handle_timeout(until);
-    }
-    pump(nodes, until);
+    fixture::run(nodes, until, &|_, _, _| false);
 }
 
 fn live_on_both(nodes: &[Node], k: &InstanceKey) -> bool {

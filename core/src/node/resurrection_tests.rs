@@ -3,7 +3,7 @@
 //! cut off, or down, for longer than the tombstone TTL, nor by a replayed
 //! frame; writes made on both sides meanwhile are kept.
 
-use super::fixture::{Cut, cluster_with, pump};
+use super::fixture::{Cut, cluster_with, run};
 use super::*;
 use crate::config::BrakeConfig;
 use crate::model::ServiceKey;
@@ -12,22 +12,6 @@ const TTL: Duration = Duration::from_secs(60);
 
 fn secs(s: u64) -> Timestamp {
     Timestamp::from_millis(s * 1_000)
-}
-
-fn run(nodes: &mut [Node], until: Timestamp, cut: &Cut) {
-    while let Some(t) = nodes.iter().filter_map(|n| n.poll_timeout()).map(|(t, _)| t).min() {
-        if t > until {
-            break;
-        }
-        for n in nodes.iter_mut() {
-            n.handle_timeout(t);
-        }
-        pump(nodes, t, cut);
-    }
-    for n in nodes.iter_mut() {
-        n.handle_timeout(until);
-    }
-    pump(nodes, until, cut);
 }
 
 fn none() -> &'static Cut {
