@@ -324,7 +324,10 @@ pub(crate) fn converged(sim: &Sim) -> Result<(), String> {
         }
     }
     let alive = sim.alive_keys();
-    let held: std::collections::BTreeSet<InstanceKey> = reference.0.keys().cloned().collect();
+    let mut held: std::collections::BTreeSet<InstanceKey> = reference.0.keys().cloned().collect();
+    // Records lost with their (memory-only) nodes: on every node or on none
+    // (the nodes agree, checked above).
+    held.retain(|k| !sim.bulk_lost.contains(k));
     if held != alive {
         let missing: Vec<_> = alive.difference(&held).map(ToString::to_string).collect();
         let extra: Vec<_> = held.difference(&alive).map(ToString::to_string).collect();

@@ -157,10 +157,11 @@ fn main() -> ExitCode {
         String::new()
     };
     println!(
-        "runs={} large={} (largest {} records) histories_per_s={:.1} steps={} messages={} bytes={} faults={} worst_convergence={:.1}s (seed {}) elapsed={:.1}s{trace}",
+        "runs={} large={} (largest {} records, {} lost with their nodes) histories_per_s={:.1} steps={} messages={} bytes={} faults={} worst_convergence={:.1}s (seed {}) elapsed={:.1}s{trace}",
         summary.runs,
         summary.large_runs,
         summary.largest,
+        summary.bulk_lost,
         summary.runs as f64 / started.elapsed().as_secs_f64().max(1e-9),
         summary.steps,
         summary.messages,

@@ -34,6 +34,9 @@ pub struct Summary {
     pub large_runs: u64,
     /// The most records of one history.
     pub largest: usize,
+    /// Acknowledged persistent records lost with every (memory-only) node
+    /// that held them, over all histories.
+    pub bulk_lost: u64,
 }
 
 /// Runs one scenario, turning a panic into a violation.
@@ -59,6 +62,7 @@ pub fn run_one(scenario: Scenario, bug: Option<Bug>) -> Outcome {
             trace_hash: 0,
             bulk: 0,
             corrupt_refused: 0,
+            bulk_lost: 0,
             violation: Some(Violation { seed, at: Timestamp::ZERO, kind: "panic".into(), detail: msg }),
         }
     })
@@ -123,6 +127,7 @@ fn absorb(sum: &mut Summary, o: &Outcome) {
     if o.bulk > 0 {
         sum.large_runs += 1;
         sum.largest = sum.largest.max(o.bulk);
+        sum.bulk_lost += o.bulk_lost as u64;
     }
     sum.steps += o.steps;
     sum.messages += o.messages;

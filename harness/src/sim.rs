@@ -13,8 +13,8 @@ use muster_core::hash::{SplitMix64, StableHasher};
 use muster_core::history::{ChangeCause, ChangeKind};
 use muster_core::message::{decode, encode};
 use muster_core::{
-    BeatReply, BrakeConfig, Config, Event, InstanceKey, MessageError, Node, NodeId, Record, RegisterRequest,
-    RequestError, Selector, ServiceKey, Timestamp,
+    BeatReply, BrakeConfig, Config, Event, InstanceKey, InstanceState, MessageError, Node, NodeId, Record,
+    RegisterRequest, RequestError, Selector, ServiceKey, Timestamp,
 };
 use muster_transport_mem::{LinkConfig, Network, Probability};
 
@@ -56,6 +56,9 @@ pub struct Outcome {
     pub bulk: usize,
     /// Corrupted frames delivered, every one refused by its checksum.
     pub corrupt_refused: u64,
+    /// Acknowledged persistent instances lost with their memory-only nodes
+    /// (every node that held one crashed before it reached another).
+    pub bulk_lost: usize,
     /// The first invariant broken, if any.
     pub violation: Option<Violation>,
 }
@@ -210,6 +213,11 @@ pub struct Sim {
     /// Persistent instances still to load, and those acknowledged.
     bulk: VecDeque<InstanceKey>,
     pub(crate) bulk_acked: BTreeSet<InstanceKey>,
+    /// Acknowledged persistent instances lost with their nodes: at a crash,
+    /// no node left in memory held them (memory-only nodes; seed 3315). They
+    /// may still come back from a frame in flight, so convergence takes them
+    /// on every node or on none.
+    pub(crate) bulk_lost: BTreeSet<InstanceKey>,
     /// When the chaos starts (after the bulk load).
     chaos_start: Timestamp,
     /// (provider, node, incarnation): the node held the tombstone of the
@@ -345,6 +353,7 @@ impl Sim {
             flap_cut: false,
             bulk: VecDeque::new(),
             bulk_acked: BTreeSet::new(),
+            bulk_lost: BTreeSet::new(),
             chaos_start,
             tombstones_seen: BTreeSet::new(),
             corrupt_refused: 0,
@@ -736,6 +745,7 @@ impl Sim {
             trace_hash: self.trace.finish(),
             bulk: self.scenario.bulk,
             corrupt_refused: self.corrupt_refused,
+            bulk_lost: self.bulk_lost.len(),
             violation,
         }
     }
@@ -863,6 +873,7 @@ impl Sim {
                     n.crashed_until = Some(Timestamp::MAX);
                     let id = n.id.clone();
                     self.net.drop_in_flight_to(&id);
+                    self.note_bulk_lost();
                 }
             }
             Fault::Restart(i) => {
@@ -1258,6 +1269,36 @@ impl Sim {
             .filter(|(_, n)| n.running())
             .filter_map(|(i, n)| n.node.as_ref().map(|node| (i, node)))
             .filter(|(_, node)| node.is_ready())
+    }
+
+    /// Moves the acknowledged persistent instances that no node still in
+    /// memory holds live from `bulk_acked` to `bulk_lost`: the simulated
+    /// nodes have no store, so a record acknowledged by nodes that have all
+    /// crashed since, before it reached another, is gone (with a store it
+    /// would not be: harness/src/disk.rs). Exact, not a tolerance: a record
+    /// some node still holds must converge everywhere.
+    fn note_bulk_lost(&mut self) {
+        if self.bulk_acked.is_empty() {
+            return;
+        }
+        let holders: Vec<&Node> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+        let lost: Vec<InstanceKey> = self
+            .bulk_acked
+            .iter()
+            .filter(|k| {
+                !holders.iter().any(|n| {
+                    matches!(
+                        n.instance_record(k),
+                        Some(Record::Instance { state: InstanceState::Live(_), .. })
+                    )
+                })
+            })
+            .cloned()
+            .collect();
+        for k in lost {
+            self.bulk_acked.remove(&k);
+            self.bulk_lost.insert(k);
+        }
     }
 
     /// Providers alive and registered.
