@@ -134,6 +134,9 @@ pub struct NodeStats {
     pub pauses: u64,
     /// Heartbeats not forwarded because the queue for their peer was full.
     pub beats_dropped: u64,
+    /// Client heartbeats answered `Unknown` because the record held predates
+    /// the client's latest register ([`Node::heartbeat_after`]).
+    pub stale_beats: u64,
     /// [`Event::InstanceChanged`] events dropped because the queue was full.
     pub instance_events_dropped: u64,
 }
@@ -463,6 +466,32 @@ impl Node {
     pub fn heartbeat(&mut self, now: Timestamp, key: &InstanceKey) -> Result<BeatReply, RequestError> {
         let now = self.clock.observe(now);
         self.writable()?;
+        let reply = self.beat(now, key);
+        self.after_change(now);
+        Ok(reply)
+    }
+
+    /// Takes a client's heartbeat that carries `registered_after`, the
+    /// ordering token the client sent with its latest register of `key`
+    /// (0 for none). A live record here whose version is not above that
+    /// token is older than the client's register, which has not reached this
+    /// node or was lost with the node that took it (a memory-only node that
+    /// crashed first): the beat is not counted for it, and the answer is
+    /// `Unknown`, so the client registers again here and its register
+    /// outranks every write it made before (docs/architecture.md, "What the
+    /// new powers found"). Otherwise as [`Node::heartbeat`].
+    pub fn heartbeat_after(
+        &mut self,
+        now: Timestamp,
+        key: &InstanceKey,
+        registered_after: u64,
+    ) -> Result<BeatReply, RequestError> {
+        let now = self.clock.observe(now);
+        self.writable()?;
+        if registered_after > 0 && self.registry.live_predates(key, registered_after) {
+            self.stats.stale_beats += 1;
+            return Ok(BeatReply::Unknown);
+        }
         let reply = self.beat(now, key);
         self.after_change(now);
         Ok(reply)

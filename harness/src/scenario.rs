@@ -154,20 +154,17 @@ impl Scenario {
         } as usize;
         // Drawn after the bulk size, so that the large seeds stay large.
         faults.mass_crash = bulk == 0 && rng.chance(0.15);
-        // A slow pair with held links and clogged nodes, crossed with the
-        // rejoin workload, loses a rejoin's register with its node (seed 4163
-        // at aa12b59: see docs/architecture.md), so never with it for now.
-        faults.slow_pair = rng.chance(0.2) && !faults.rejoin;
+        // A slow pair with held links and clogged nodes, and steps of the
+        // wall clock, with the rejoin workload too since beats carry the
+        // client's register token (seeds 4163 and 9503: docs/architecture.md).
+        faults.slow_pair = rng.chance(0.2);
         faults.corrupt = if rng.chance(0.2) { (1 + rng.below(5)) as f64 / 100.0 } else { 0.0 };
-        // Steps of the wall clock reorder one client's writes across
-        // failover as skew does, so never with the rejoin workload.
         let step = rng.below(1_500);
-        faults.wall_step = Duration::from_millis(if !faults.rejoin && rng.chance(0.25) { step } else { 0 });
+        faults.wall_step = Duration::from_millis(if rng.chance(0.25) { step } else { 0 });
         faults.timers_first = faults.pauses && rng.chance(0.5);
         // Rejoins under wall-clock skew too, now that clients carry the
         // ordering token (drawn last, so every earlier draw keeps its meaning).
-        // Not with a slow pair or wall-clock steps (see above).
-        if faults.churn && !faults.clock_skew.is_zero() && !faults.slow_pair && faults.wall_step.is_zero() {
+        if faults.churn && !faults.clock_skew.is_zero() {
             faults.rejoin = rng.chance(0.5);
         }
         Scenario {

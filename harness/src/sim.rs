@@ -147,6 +147,10 @@ pub(crate) struct Provider {
     /// The client's ordering token, as the SDK keeps it: the highest node
     /// clock an answer to one of its writes carried.
     token: u64,
+    /// The token the client sent with its latest acknowledged register; its
+    /// beats carry it (`Node::heartbeat_after`), so a node holding an older
+    /// registration answers `Unknown` (seeds 4163, 9503).
+    registered_after: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,6 +589,7 @@ impl Sim {
                 last_ack: None,
                 plan,
                 token: 0,
+                registered_after: 0,
             });
         }
     }
@@ -1161,6 +1166,7 @@ impl Sim {
         self.drain(target);
         self.trace.u64(0x3000 + p as u64).u64(u64::from(ok));
         if ok {
+            self.providers[p].registered_after = token;
             self.tombstones_seen.retain(|(q, _, _)| *q != p);
             let beat = muster_core::time::millis(self.config.timings.heartbeat_interval);
             let pr = &mut self.providers[p];
@@ -1205,13 +1211,17 @@ impl Sim {
         let incarnation = self.nodes[target].incarnation;
         let Some(node) = self.nodes[target].node.as_mut() else { return Ok(()) };
         let token = self.providers[p].token;
+        let registered_after = self.providers[p].registered_after;
         let result = if registered {
-            node.heartbeat(local, &key).map(Some)
+            node.heartbeat_after(local, &key, registered_after).map(Some)
         } else {
             let r = node
                 .observe_client(local, token)
                 .and_then(|()| node.register(local, RegisterRequest::new(key.clone())));
             self.providers[p].token = token.max(node.version_counter());
+            if r.is_ok() {
+                self.providers[p].registered_after = token;
+            }
             r.map(|_| None)
         };
         self.drain(target);

@@ -59,8 +59,15 @@ fn a_fault_free_cluster_converges_within_seconds_of_the_heal() {
 }
 
 /// Seeds that once found a bug, with what it was. They stay in the suite.
-const REGRESSIONS: &[(u64, &str)] =
-    &[(128, "a node acknowledging beats kept an instance unhealthy while forwarded beats were lost")];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (128, "a node acknowledging beats kept an instance unhealthy while forwarded beats were lost"),
+    (
+        4163,
+        "a rejoin's register lost with a crashed node; its beats on a third node kept the older registration",
+    ),
+    (5486, "a rejoin's register held by an isolated node; its beats elsewhere kept the older registration"),
+    (9503, "a rejoin's register held by a paused node; its beats elsewhere kept the older registration"),
+];
 
 #[test]
 fn seeds_that_once_failed_pass() {

@@ -190,3 +190,62 @@ fn a_mark_then_a_refutation_never_undo_a_deregistration_taken_on_a_lagging_node(
     let now = now + Duration::from_secs(6);
     assert_deregistered_everywhere(&mut nodes, &k, now, "mark, refutation");
 }
+
+#[test]
+fn a_beat_against_a_registration_older_than_the_clients_register_is_answered_unknown() {
+    // Seed 9503: a client leaves on node 1 and registers again on node 2,
+    // which is lost before its register replicates (a memory-only node that
+    // crashes); the client then beats on node 3, which still holds the
+    // original registration. Counting that beat would keep the original
+    // alive until node 1's deregistration (newer than it) arrives and wins
+    // while the client beats. The beat carries the token the client sent
+    // with its register: node 3 answers `Unknown`, the client registers
+    // again there, and that register outranks the deregistration.
+    let mut nodes = cluster(3);
+    run(&mut nodes, Timestamp::from_millis(10));
+    let k = key();
+    let req = RegisterRequest::new(k.clone());
+    nodes[0].register(Timestamp::from_millis(1_000), req.clone()).unwrap();
+    run(&mut nodes, Timestamp::from_millis(1_100));
+    assert!(nodes.iter().all(|n| n.live_instances().contains_key(&k)));
+
+    let t = Timestamp::from_millis(1_200);
+    nodes[0].deregister(t, &k).unwrap();
+    let token = nodes[0].version_counter();
+    nodes[1].observe_client(t + Duration::from_millis(1), token).unwrap();
+    nodes[1].register(t + Duration::from_millis(1), req.clone()).unwrap();
+    nodes.remove(1); // Crashes before anything it queued is sent.
+
+    // Node 1's deregistration is delayed to node 3 until `heal`.
+    let heal = t + Duration::from_millis(300);
+    let (n1, n3) = (nodes[0].id().clone(), nodes[1].id().clone());
+    let cut = move |at: Timestamp, from: &NodeId, to: &NodeId| at < heal && *from == n1 && *to == n3;
+    let beat_at = t + Duration::from_millis(2);
+    assert_eq!(nodes[1].heartbeat_after(beat_at, &k, token).unwrap(), BeatReply::Unknown);
+    assert_eq!(nodes[1].stats().stale_beats, 1);
+    nodes[1].observe_client(beat_at, token).unwrap();
+    nodes[1].register(beat_at, req).unwrap();
+    assert!(matches!(nodes[1].heartbeat_after(beat_at, &k, token).unwrap(), BeatReply::Ok { .. }));
+    fixture::run(&mut nodes, heal + Duration::from_millis(500), &cut);
+    assert!(live_on_both(&nodes, &k), "the client's register lost to its older deregistration");
+    assert!(matches!(nodes[0].heartbeat_after(heal, &k, token).unwrap(), BeatReply::Ok { .. }));
+    assert_eq!(nodes[0].digest(), nodes[1].digest());
+}
+
+#[test]
+fn a_beat_without_a_token_is_taken_against_whatever_registration_is_held() {
+    let mut nodes = pair();
+    run(&mut nodes, Timestamp::from_millis(10));
+    let k = key();
+    nodes[0].register(Timestamp::from_millis(1_000), RegisterRequest::new(k.clone())).unwrap();
+    run(&mut nodes, Timestamp::from_millis(1_100));
+    let late = nodes[0].version_counter() + 1_000_000;
+    assert_eq!(
+        nodes[1].heartbeat_after(Timestamp::from_millis(1_200), &k, late).unwrap(),
+        BeatReply::Unknown
+    );
+    assert!(matches!(
+        nodes[1].heartbeat_after(Timestamp::from_millis(1_200), &k, 0).unwrap(),
+        BeatReply::Ok { .. }
+    ));
+}

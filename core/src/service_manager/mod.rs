@@ -568,6 +568,15 @@ impl ServiceManager {
         BeatOutcome::Known { interval, forward_to }
     }
 
+    /// Whether the live record held for `key` predates a register made with
+    /// ordering token `after` (its version counter is not above it): that
+    /// register, which took a version above `after` wherever it landed, has
+    /// not reached this node, or was lost with the node that took it.
+    pub(crate) fn live_predates(&self, key: &InstanceKey, after: u64) -> bool {
+        let Some(index) = self.store.find_instance(key) else { return false };
+        self.store.instances.get(index).is_some_and(|e| e.live().is_some() && e.version.counter <= after)
+    }
+
     /// The reply to a client for a beat outcome.
     pub(crate) fn beat_reply(outcome: &BeatOutcome) -> BeatReply {
         match outcome {
