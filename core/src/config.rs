@@ -193,6 +193,11 @@ pub struct Limits {
     pub max_records_per_message: usize,
     /// Most records or beats accepted in one incoming peer message.
     pub max_incoming_records: usize,
+    /// Most extra anti-entropy rounds with one peer per
+    /// `anti_entropy_interval`, each started as soon as an exchange cut short
+    /// by `max_records_per_message` ends, so that a large difference repairs
+    /// at the speed of the link rather than one page per interval.
+    pub max_follow_up_rounds: usize,
     /// Most local changes waiting to be flushed to peers; past it the queue is
     /// dropped and anti-entropy repairs the difference.
     pub max_pending_changes: usize,
@@ -225,6 +230,7 @@ impl Default for Limits {
             max_batch_beats: 10_000,
             max_records_per_message: 2_000,
             max_incoming_records: 20_000,
+            max_follow_up_rounds: 16,
             max_pending_changes: 200_000,
             max_forwarded_beats: 100_000,
             max_queued_transmits: 10_000,
@@ -253,6 +259,7 @@ impl Limits {
             ("max_batch_beats", self.max_batch_beats),
             ("max_records_per_message", self.max_records_per_message),
             ("max_incoming_records", self.max_incoming_records),
+            ("max_follow_up_rounds", self.max_follow_up_rounds),
             ("max_pending_changes", self.max_pending_changes),
             ("max_forwarded_beats", self.max_forwarded_beats),
             ("max_queued_transmits", self.max_queued_transmits),

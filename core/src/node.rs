@@ -120,6 +120,9 @@ pub struct NodeStats {
     pub anti_entropy_rounds: u64,
     /// Anti-entropy exchanges that found differing buckets.
     pub anti_entropy_repairs: u64,
+    /// Anti-entropy rounds started at once after an exchange cut short by
+    /// the page size (`max_follow_up_rounds`).
+    pub anti_entropy_follow_ups: u64,
     /// Heartbeats forwarded to responsible peers.
     pub beats_forwarded: u64,
     /// Outgoing messages dropped because the queue was full.
@@ -317,6 +320,7 @@ impl Node {
             delta_records_out: sync.delta_records_out,
             anti_entropy_rounds: sync.anti_entropy_rounds,
             anti_entropy_repairs: sync.anti_entropy_repairs,
+            anti_entropy_follow_ups: sync.anti_entropy_follow_ups,
             beats_forwarded: sync.beats_forwarded,
             changes_dropped: sync.changes_dropped,
             beats_dropped: sync.beats_dropped,

@@ -157,6 +157,9 @@ pub struct ServeArgs {
     /// Largest page of a service listing [default: 1000].
     #[arg(long, env = "MUSTER_MAX_PAGE_SIZE", value_name = "N")]
     pub max_page_size: Option<usize>,
+    /// Extra anti-entropy rounds per peer per interval, each right after an exchange cut short by the page size [default: 16].
+    #[arg(long, env = "MUSTER_MAX_FOLLOW_UP_ROUNDS", value_name = "N")]
+    pub max_follow_up_rounds: Option<usize>,
     /// Expiry brake: share of instances whose removal within one window engages it; 1 turns it off [default: 0.5].
     #[arg(long, env = "MUSTER_BRAKE_SHARE", value_name = "SHARE")]
     pub brake_share: Option<f64>,
@@ -400,7 +403,7 @@ impl ServeArgs {
             health_check_timeout_ms, max_clock_skew_ms,
             max_body_bytes, max_long_polls, history_size, max_wait_ms, request_queue, peer_queue, peer_timeout_ms,
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
-            max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size,
+            max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size, max_follow_up_rounds,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
             data_dir, memory_only, write_behind_ms,
         );
@@ -526,6 +529,7 @@ impl ServeArgs {
         l.max_metadata_bytes = n(self.max_metadata_bytes, l.max_metadata_bytes);
         l.max_batch_beats = n(self.max_batch_beats, l.max_batch_beats);
         l.max_page_size = n(self.max_page_size, l.max_page_size);
+        l.max_follow_up_rounds = n(self.max_follow_up_rounds, l.max_follow_up_rounds);
         c.brake.share = self.brake_share.unwrap_or(c.brake.share);
         c.brake.floor = n(self.brake_floor, c.brake.floor);
         c.brake.window = ms(self.brake_window_ms, c.brake.window);

@@ -426,6 +426,12 @@ impl Metrics {
             "Anti-entropy exchanges that found differences.",
             s.anti_entropy_repairs,
         );
+        counter(
+            out,
+            "muster_anti_entropy_follow_ups_total",
+            "Anti-entropy rounds started at once after an exchange cut short by the page size.",
+            s.anti_entropy_follow_ups,
+        );
     }
 }
 

@@ -134,3 +134,57 @@ fn a_node_that_started_alone_loads_five_thousand_records_through_anti_entropy() 
     assert_eq!(nodes[1].stats().registry.instances, 5_000);
     assert!(rounds <= 6, "{rounds} rounds");
 }
+
+/// Two nodes that started alone; the first then takes `records`
+/// registrations the second does not see.
+fn apart(records: usize, follow_ups: usize) -> Vec<Node> {
+    let mut nodes = cluster_with(2, |c| {
+        c.limits.max_instances = 200_000;
+        c.limits.max_instances_per_service = 200_000;
+        c.limits.max_pending_checks = 200_000;
+        c.limits.max_follow_up_rounds = follow_ups;
+    });
+    run(&mut nodes, Timestamp::from_millis(6_000), true);
+    let now = Timestamp::from_millis(6_000);
+    for i in 0..records {
+        nodes[0].register(now, persistent(i)).unwrap();
+    }
+    run(&mut nodes, Timestamp::from_millis(7_000), true);
+    nodes
+}
+
+#[test]
+fn a_difference_of_fifteen_pages_repairs_within_one_interval() {
+    // 30,000 records, 2,000 per message: one page per interval took 15
+    // intervals (seed 9589: 74,000 records, 95 s). Each exchange cut short
+    // by the page size is followed at once by the next.
+    let mut nodes = apart(30_000, 16);
+    let (rounds, bytes) = settle(&mut nodes, Timestamp::from_millis(7_000), 20).expect("never loaded");
+    assert_eq!(nodes[1].stats().registry.instances, 30_000);
+    assert_eq!(rounds, 1, "{rounds} intervals");
+    // One chain of exchanges: fourteen follow-ups after the first round, no
+    // page sent twice.
+    let follow_ups: u64 = nodes.iter().map(|n| n.stats().anti_entropy_follow_ups).sum();
+    assert!((14..=16).contains(&follow_ups), "{follow_ups} follow-up rounds");
+    // Still proportional to the difference: 137 bytes per record measured;
+    // two chains (each page twice) cost 214.
+    assert!(bytes < 30_000 * 160, "{bytes} bytes");
+}
+
+#[test]
+fn follow_up_rounds_stop_at_their_budget_and_go_on_at_the_next_interval() {
+    let mut nodes = apart(30_000, 2);
+    let (rounds, _) = settle(&mut nodes, Timestamp::from_millis(7_000), 20).expect("never loaded");
+    assert_eq!(nodes[1].stats().registry.instances, 30_000);
+    // Three pages per interval (one round and two follow-ups): 15 pages take 5.
+    assert!((4..=6).contains(&rounds), "{rounds} intervals");
+}
+
+#[test]
+fn nodes_in_agreement_start_no_follow_up_rounds() {
+    let mut nodes = apart(1_000, 16);
+    settle(&mut nodes, Timestamp::from_millis(7_000), 3).expect("never loaded");
+    run(&mut nodes, Timestamp::from_millis(60_000), false);
+    assert!(agree(&nodes));
+    assert_eq!(nodes.iter().map(|n| n.stats().anti_entropy_follow_ups).sum::<u64>(), 0);
+}

@@ -34,6 +34,7 @@ use crate::storage::slab::Handle;
 use crate::time::Timestamp;
 
 use self::loading::Loading;
+use self::repair::FollowUp;
 
 /// The Sync Manager's counters (fields of [`crate::NodeStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub(crate) struct SyncStats {
     pub(crate) delta_records_out: u64,
     pub(crate) anti_entropy_rounds: u64,
     pub(crate) anti_entropy_repairs: u64,
+    pub(crate) anti_entropy_follow_ups: u64,
     pub(crate) beats_forwarded: u64,
     pub(crate) changes_dropped: u64,
     pub(crate) beats_dropped: u64,
@@ -62,6 +64,8 @@ pub(crate) struct SyncManager {
     anti_entropy_at: Timestamp,
     /// The last digest root of each peer (at most one entry per peer).
     peer_digests: BTreeMap<NodeId, PeerDigest>,
+    /// Follow-up rounds, per member (see `repair.rs`).
+    follow_ups: BTreeMap<NodeId, FollowUp>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: SyncStats,
@@ -86,6 +90,7 @@ impl SyncManager {
             flush_at: None,
             anti_entropy_at,
             peer_digests: BTreeMap::new(),
+            follow_ups: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SyncStats::default(),
@@ -194,6 +199,7 @@ impl SyncManager {
     pub(crate) fn handle_peer_transition(&mut self, t: &Transition, registry: &ServiceManager) {
         if t.to == PeerState::Down {
             self.forward.remove(&t.peer);
+            self.follow_ups.remove(&t.peer);
         }
         if t.from == PeerState::Down && self.is_ready() {
             let (root, hlc) = (registry.store().digest().root(), registry.hlc_counter());
@@ -221,6 +227,7 @@ impl SyncManager {
                 Ok(())
             }
             PeerMessage::DigestRoot { root, hlc } => {
+                self.note_root_in(now, from, members);
                 let matched = root == registry.store().digest().root();
                 if members.state(from).is_some() {
                     self.peer_digests.insert(from.clone(), PeerDigest { at: now, root, matched });
@@ -239,26 +246,36 @@ impl SyncManager {
             PeerMessage::DigestBuckets { buckets, hlc } => {
                 let equal = registry.store().digest().equal(&buckets);
                 registry.agreed(from, equal, now, hlc);
-                self.answer_buckets(from, &buckets, registry);
+                let cut_short = self.answer_buckets(from, &buckets, registry);
+                self.note_cut_short(now, from, cut_short, members);
                 Ok(())
             }
             PeerMessage::BucketRecords { buckets, records, reply } => {
                 if reply {
                     let units = buckets.iter().map(|b| u16::from(*b)).collect();
-                    self.reply_records(from, crate::storage::repair::Unit::Bucket, units, registry);
+                    let cut_short =
+                        self.reply_records(from, crate::storage::repair::Unit::Bucket, units, registry);
+                    self.note_cut_short(now, from, cut_short, members);
                 }
-                self.merge_all(now, records, registry)
+                let merged = self.merge_all(now, records, registry);
+                self.follow_up(now, from, !reply, registry);
+                merged
             }
             PeerMessage::DigestLeaves { buckets, leaves } => {
-                self.answer_leaves(from, &buckets, &leaves, registry);
+                let cut_short = self.answer_leaves(from, &buckets, &leaves, registry);
+                self.note_cut_short(now, from, cut_short, members);
                 Ok(())
             }
             PeerMessage::LeafRecords { leaves, records, reply } => {
                 if reply {
                     let units = leaves.iter().copied().collect();
-                    self.reply_records(from, crate::storage::repair::Unit::Leaf, units, registry);
+                    let cut_short =
+                        self.reply_records(from, crate::storage::repair::Unit::Leaf, units, registry);
+                    self.note_cut_short(now, from, cut_short, members);
                 }
-                self.merge_all(now, records, registry)
+                let merged = self.merge_all(now, records, registry);
+                self.follow_up(now, from, !reply, registry);
+                merged
             }
             PeerMessage::SnapshotRequest { cursor } => {
                 let msg = if self.is_ready() {
@@ -327,6 +344,7 @@ impl SyncManager {
         consider(self.flush_at, TimerKind::Flush);
         if has_peers && self.is_ready() {
             consider(Some(self.anti_entropy_at), TimerKind::AntiEntropy);
+            consider(self.follow_up_due(), TimerKind::AntiEntropy);
         }
         consider(self.loading_deadline(), TimerKind::Startup);
         next
@@ -339,8 +357,11 @@ impl SyncManager {
         if self.flush_at.is_some_and(|t| now >= t) {
             self.flush(now, registry, members);
         }
-        if self.is_ready() && members.peer_count() > 0 && now >= self.anti_entropy_at {
-            self.anti_entropy(now, registry, members);
+        if self.is_ready() && members.peer_count() > 0 {
+            if now >= self.anti_entropy_at {
+                self.anti_entropy(now, registry, members);
+            }
+            self.follow_ups_due(now, registry);
         }
     }
 
@@ -387,8 +408,11 @@ impl SyncManager {
         let interval = self.timings.anti_entropy_interval;
         self.anti_entropy_at = now + jitter(&mut self.rng, interval);
         self.stats.anti_entropy_rounds += 1;
+        for f in self.follow_ups.values_mut() {
+            f.used = 0;
+        }
         let (root, hlc) = (registry.store().digest().root(), registry.hlc_counter());
-        let peers: Vec<NodeId> = members.reachable().cloned().collect();
+        let peers: Vec<NodeId> = members.reachable().filter(|p| !self.repairing(now, p)).cloned().collect();
         for peer in peers {
             self.transmit(peer, PeerMessage::DigestRoot { root, hlc });
         }
