@@ -30,6 +30,7 @@ use crate::node::{Event, PeerDigest, TimerKind, Transmit};
 use crate::record::Record;
 use crate::service_manager::{MergeOutcome, ServiceManager};
 use crate::storage::RecordRef;
+use crate::storage::repair::Unit;
 use crate::storage::slab::Handle;
 use crate::time::Timestamp;
 
@@ -251,15 +252,8 @@ impl SyncManager {
                 Ok(())
             }
             PeerMessage::BucketRecords { buckets, records, reply } => {
-                if reply {
-                    let units = buckets.iter().map(|b| u16::from(*b)).collect();
-                    let cut_short =
-                        self.reply_records(from, crate::storage::repair::Unit::Bucket, units, registry);
-                    self.note_cut_short(now, from, cut_short, members);
-                }
-                let merged = self.merge_all(now, records, registry);
-                self.follow_up(now, from, !reply, registry);
-                merged
+                let reply = reply.then(|| (Unit::Bucket, buckets.iter().map(|b| u16::from(*b)).collect()));
+                self.unit_records(now, from, reply, records, registry, members)
             }
             PeerMessage::DigestLeaves { buckets, leaves } => {
                 let cut_short = self.answer_leaves(from, &buckets, &leaves, registry);
@@ -267,15 +261,8 @@ impl SyncManager {
                 Ok(())
             }
             PeerMessage::LeafRecords { leaves, records, reply } => {
-                if reply {
-                    let units = leaves.iter().copied().collect();
-                    let cut_short =
-                        self.reply_records(from, crate::storage::repair::Unit::Leaf, units, registry);
-                    self.note_cut_short(now, from, cut_short, members);
-                }
-                let merged = self.merge_all(now, records, registry);
-                self.follow_up(now, from, !reply, registry);
-                merged
+                let reply = reply.then(|| (Unit::Leaf, leaves.into_iter().collect()));
+                self.unit_records(now, from, reply, records, registry, members)
             }
             PeerMessage::SnapshotRequest { cursor } => {
                 let msg = if self.is_ready() {
@@ -294,6 +281,29 @@ impl SyncManager {
                 merged
             }
         }
+    }
+
+    /// The records of whole units from a peer (`BucketRecords`,
+    /// `LeafRecords`): answered with this node's own records of those units
+    /// first if the peer asks (`reply`), then merged; the exchange then ends
+    /// on this node's side (see `repair.rs` for the follow-up).
+    fn unit_records(
+        &mut self,
+        now: Timestamp,
+        from: &NodeId,
+        reply: Option<(Unit, BTreeSet<u16>)>,
+        records: Vec<Record>,
+        registry: &mut ServiceManager,
+        members: &Membership,
+    ) -> Result<(), MessageError> {
+        let last = reply.is_none();
+        if let Some((unit, units)) = reply {
+            let cut_short = self.reply_records(from, unit, units, registry);
+            self.note_cut_short(now, from, cut_short, members);
+        }
+        let merged = self.merge_all(now, records, registry);
+        self.follow_up(now, from, last, registry);
+        merged
     }
 
     fn merge_all(
