@@ -248,6 +248,9 @@ pub struct ServeArgs {
     /// Longest time an ephemeral instance's change waits before it is written to disk, ms [default: 200].
     #[arg(long, env = "MUSTER_WRITE_BEHIND_MS", value_name = "MS")]
     pub write_behind_ms: Option<u64>,
+    /// Page cache of the store, MiB: larger loads big stores faster, smaller keeps memory down [default: 16].
+    #[arg(long, env = "MUSTER_STORE_CACHE_MIB", value_name = "MIB")]
+    pub store_cache_mib: Option<u64>,
 
     /// Log filter: a level or tracing directives, e.g. `info,muster::access=warn` [default: info].
     #[arg(long, env = "MUSTER_LOG_LEVEL", value_name = "FILTER")]
@@ -344,6 +347,8 @@ pub(crate) struct StorageSettings {
     pub(crate) data_dir: Option<PathBuf>,
     /// Longest wait of a written-behind change.
     pub(crate) write_behind: Duration,
+    /// The store's page cache, bytes.
+    pub(crate) cache_bytes: usize,
 }
 
 /// The default data directory (relative to where `muster serve` runs).
@@ -405,7 +410,7 @@ impl ServeArgs {
             shutdown_timeout_ms, max_instances, max_instances_per_service, max_services,
             max_metadata_entries, max_metadata_bytes, max_batch_beats, max_page_size, max_follow_up_rounds,
             brake_share, brake_floor, brake_window_ms, seed, log_level, log_format,
-            data_dir, memory_only, write_behind_ms,
+            data_dir, memory_only, write_behind_ms, store_cache_mib,
         );
         fill_from!(self, file;
             listen_backlog, body_timeout_ms, body_min_bytes_per_s, max_peer_body_bytes,
@@ -555,9 +560,20 @@ impl ServeArgs {
             }
             v => Duration::from_millis(v.unwrap_or(200)),
         };
+        let cache_bytes = match self.store_cache_mib {
+            Some(0) => return Err(SettingsError::new("store_cache_mib", "must be at least 1")),
+            Some(mib) if mib > 65_536 => {
+                return Err(SettingsError::new("store_cache_mib", "at most 65536 (64 GiB)"));
+            }
+            // The store is read whole only at start and written mostly in
+            // new pages, so a small cache costs little and keeps the node's
+            // memory near what the registry itself takes (redb's default is
+            // 1 GiB).
+            v => (v.unwrap_or(16) as usize) << 20,
+        };
         let data_dir =
             (!memory_only).then(|| self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
-        Ok(StorageSettings { data_dir, write_behind })
+        Ok(StorageSettings { data_dir, write_behind, cache_bytes })
     }
 
     fn http_settings(&self) -> Result<HttpSettings, SettingsError> {
@@ -687,6 +703,11 @@ mod tests {
         let err = parse(&["--memory-only", "--data-dir", "x"]).into_settings().unwrap_err();
         assert_eq!(err.key, "memory_only");
         assert_eq!(parse(&["--write-behind-ms", "0"]).into_settings().unwrap_err().key, "write_behind_ms");
+        assert_eq!(parse(&["--store-cache-mib", "0"]).into_settings().unwrap_err().key, "store_cache_mib");
+        assert_eq!(
+            parse(&["--store-cache-mib", "70000"]).into_settings().unwrap_err().key,
+            "store_cache_mib"
+        );
     }
 
     #[test]

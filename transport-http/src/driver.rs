@@ -48,6 +48,8 @@ const BATCH_MAX: usize = 256;
 const TIMEOUTS_MAX: usize = 16;
 /// Longest publication round (plus one view): the rest waits for the next.
 const PUBLISH_SLICE: Duration = Duration::from_millis(2);
+/// Longest pause between two turns while the ephemeral log is compacted.
+const COMPACT_TURN: Duration = Duration::from_millis(2);
 
 /// What the node looks like now, for metrics and the cluster view.
 #[derive(Clone, Debug)]
@@ -290,7 +292,13 @@ impl Driver {
     /// The next core timeout, or the next publication round if one waits.
     fn next_wake(&self) -> Instant {
         let timeout = self.clock.instant_at(self.node.poll_timeout().map_or(Timestamp::MAX, |(t, _)| t));
-        if self.dirty.is_empty() { timeout } else { timeout.min(self.publish_at) }
+        let timeout = if self.dirty.is_empty() { timeout } else { timeout.min(self.publish_at) };
+        if self.durable.as_ref().is_some_and(Durable::compacting) {
+            // A page of the ephemeral log's compaction per turn, idle or not.
+            timeout.min(Instant::now() + COMPACT_TURN)
+        } else {
+            timeout
+        }
     }
 
     /// Tells the node which peers refuse it as not one of theirs (it stays

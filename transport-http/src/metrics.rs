@@ -60,6 +60,10 @@ pub(crate) struct Metrics {
     pub(crate) store_writes: AtomicU64,
     /// Store commits that failed (full disk, I/O error); retried.
     pub(crate) store_failures: AtomicU64,
+    /// Entries appended to the ephemeral log.
+    pub(crate) store_log_entries: AtomicU64,
+    /// Compactions of the ephemeral log completed.
+    pub(crate) store_log_compactions: AtomicU64,
     /// The hardening counters (slow bodies, peer limits, refused checks).
     pub(crate) guard: GuardMetrics,
 }
@@ -102,6 +106,8 @@ impl Default for Metrics {
             store_commits: AtomicU64::new(0),
             store_writes: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
+            store_log_entries: AtomicU64::new(0),
+            store_log_compactions: AtomicU64::new(0),
         }
     }
 }
@@ -238,6 +244,18 @@ impl Metrics {
             "muster_store_failures_total",
             "Store commits that failed (full disk, I/O error); the writes are retried.",
             self.store_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_store_log_entries_total",
+            "Entries appended to the ephemeral log (live ephemeral instances, and deletions of their keys).",
+            self.store_log_entries.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "muster_store_log_compactions_total",
+            "Compactions of the ephemeral log (every live ephemeral instance written again, older blobs dropped).",
+            self.store_log_compactions.load(Ordering::Relaxed),
         );
         self.render_sync(&mut out, status);
         render_peers(&mut out, status, peer_queues);

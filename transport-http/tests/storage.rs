@@ -342,3 +342,60 @@ fn export_then_import_into_another_node_copies_settings_and_instances_and_import
         out.stderr
     );
 }
+
+/// A read-only data directory: a tmpfs mounted read-only (read-only for
+/// root too), empty and then holding a store. Needs `mount` like the full
+/// disk test; without it the test says so and passes.
+#[test]
+fn a_read_only_data_directory_stops_the_node_with_the_file_named_and_what_to_do() {
+    let dir = scratch("storage-ro");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = |opts: &str| {
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs", mnt.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount("size=4m") {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root with CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    std::fs::create_dir_all(mnt.join("empty")).unwrap();
+    {
+        let mut node = node_on(free_ports(1)[0], &[], &dir, &data);
+        node.wait_ready(Duration::from_secs(10));
+        assert!(node.req("POST", "/v1/instances", Some(&persistent("ro", 1))).status < 300);
+        node.terminate(Duration::from_secs(10));
+    }
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro", mnt.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount read-only");
+    for (what, data, names) in [
+        ("a store on a read-only disk", data.clone(), data.join("muster.redb")),
+        ("an empty read-only directory", mnt.join("empty"), mnt.join("empty").join("muster.redb")),
+        ("a missing directory on a read-only disk", mnt.join("new"), mnt.join("new")),
+    ] {
+        let started = Instant::now();
+        let out = serve_once(&data);
+        assert_eq!(out.code, 1, "{what}: {out:?}");
+        assert!(out.stderr.contains(&names.display().to_string()), "{what}: names the file: {}", out.stderr);
+        assert!(
+            out.stderr.contains("make the data directory writable"),
+            "{what}: says what to do: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{what}: no panic: {}", out.stderr);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

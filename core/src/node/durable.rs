@@ -50,6 +50,17 @@ impl Node {
         self.registry.store_mut().poll_durable()
     }
 
+    /// A page of the node's live ephemeral instances from `cursor` (0 to
+    /// start), at most `max`, and the cursor of the next page (`None` after
+    /// the last). A driver that writes ephemeral instances to an append-only
+    /// log compacts it with these pages: once every page taken after a
+    /// point of the log has been written, the log before that point holds
+    /// nothing that is not also later in the log (a record changed while
+    /// the pages are taken is in the durable output after that point).
+    pub fn ephemeral_page(&self, cursor: u32, max: usize) -> (Vec<Record>, Option<u32>) {
+        self.registry.store().ephemeral_page(cursor, max)
+    }
+
     /// The highest version counter the node has issued or seen; store it
     /// with every commit and give it back to [`Node::load`].
     pub fn version_floor(&self) -> u64 {
@@ -116,6 +127,34 @@ mod tests {
         let w = drain(&mut n);
         assert_eq!(w.len(), 2);
         assert!(w.iter().all(DurableWrite::sync), "settings and tombstones are sync: {w:?}");
+    }
+
+    #[test]
+    fn ephemeral_pages_hold_every_live_ephemeral_instance_once_and_nothing_else() {
+        let mut n = node();
+        for port in 1..=25 {
+            register(&mut n, 1, port, port % 5 != 0);
+        }
+        n.deregister(Timestamp::from_millis(2), &key(3)).unwrap();
+        let (mut seen, mut cursor) = (Vec::new(), Some(0));
+        while let Some(c) = cursor {
+            let (page, next) = n.ephemeral_page(c, 4);
+            assert!(page.len() <= 4);
+            seen.extend(page);
+            cursor = next;
+        }
+        let mut ports: Vec<u16> = seen
+            .iter()
+            .map(|r| match r {
+                Record::Instance { key, state: crate::record::InstanceState::Live(d), .. } if d.ephemeral => {
+                    key.port
+                }
+                other => panic!("not a live ephemeral instance: {other:?}"),
+            })
+            .collect();
+        ports.sort_unstable();
+        let expected: Vec<u16> = (1..=25).filter(|p| p % 5 != 0 && *p != 3).collect();
+        assert_eq!(ports, expected);
     }
 
     #[test]

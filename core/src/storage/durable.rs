@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 
 use crate::durable::{DurableWrite, RecordKey};
+use crate::record::{InstanceState, Record};
 
 use super::{RecordRef, Storage};
 
@@ -60,5 +61,26 @@ impl Storage {
             }
         }
         None
+    }
+}
+
+impl Storage {
+    /// A page of the live ephemeral instances from instance slot `cursor`
+    /// (0 to start): at most `max` records, and the cursor of the next page
+    /// (`None` at the end). Slots never move, so a record that is not
+    /// changed while the pages are taken is in exactly one page; a record
+    /// changed meanwhile is in the durable output anyway.
+    pub(crate) fn ephemeral_page(&self, cursor: u32, max: usize) -> (Vec<Record>, Option<u32>) {
+        let mut out = Vec::new();
+        for (i, e) in self.instances.iter_from(cursor) {
+            if !matches!(&e.state, InstanceState::Live(d) if d.ephemeral) {
+                continue;
+            }
+            if out.len() >= max {
+                return (out, Some(i));
+            }
+            out.extend(self.instance_record(e));
+        }
+        (out, None)
     }
 }

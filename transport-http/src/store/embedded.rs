@@ -1,7 +1,8 @@
 //! The embedded store: one redb database file in the data directory.
 //!
-//! Two tables: `records` (encoded record key to encoded record, see
-//! `muster_core::durable`) and `meta` (`format`, `floor`). Every commit is
+//! Three tables: `records` (encoded record key to encoded record, see
+//! `muster_core::durable`), `ephemeral_log` (blob number to blob, see
+//! `log.rs`) and `meta` (`format`, `floor`). Every commit is
 //! `Durability::Immediate`: on disk when it returns.
 
 use std::path::{Path, PathBuf};
@@ -9,13 +10,14 @@ use std::path::{Path, PathBuf};
 use muster_core::durable::{OLD_RECORD_FORMAT, RECORD_FORMAT, decode_record};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{FILE_NAME, Store, StoreError, Stored, WriteSet};
+use super::log::Folded;
+use super::{Commit, FILE_NAME, Store, StoreError, Stored};
 
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ephemeral_log");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// redb's page cache. The store is read whole only at start and written
-/// mostly in new pages, so a small cache costs little and keeps the node's
-/// memory near what the registry itself takes (redb's default is 1 GiB).
+/// redb's page cache in tests (the node's is `--store-cache-mib`).
+#[cfg(test)]
 const CACHE_BYTES: usize = 16 << 20;
 
 /// The embedded store (redb).
@@ -24,20 +26,27 @@ pub(crate) struct EmbeddedStore {
     /// `None` after a failed commit: redb refuses every operation after an
     /// I/O error, so the next commit reopens the file (redb repairs it).
     db: Option<Database>,
+    cache_bytes: usize,
 }
 
 impl EmbeddedStore {
     /// Opens `dir/muster.redb`, creating the directory and the file if
-    /// missing.
+    /// missing, with the default page cache.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, CACHE_BYTES)
+    }
+
+    /// Opens `dir/muster.redb` with a page cache of `cache_bytes`.
+    pub(crate) fn open_with(dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             what: "cannot create the data directory",
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = open_db(&path)?;
-        let mut store = EmbeddedStore { path, db: Some(db) };
+        let db = open_db(&path, cache_bytes)?;
+        let mut store = EmbeddedStore { path, db: Some(db), cache_bytes };
         store.init()?;
         Ok(store)
     }
@@ -76,20 +85,21 @@ impl EmbeddedStore {
                 }
             }
             tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
+            tx.open_table(LOG).map_err(|e| err(e.into()))?;
         }
         tx.commit().map_err(|e| err(e.into()))
     }
 
     fn db(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
-            self.db = Some(open_db(&self.path)?);
+            self.db = Some(open_db(&self.path, self.cache_bytes)?);
         }
         self.db
             .as_ref()
             .ok_or_else(|| StoreError::Corrupt { path: self.path.clone(), detail: "closed".into() })
     }
 
-    fn try_commit(&mut self, writes: &WriteSet, floor: u64) -> Result<(), StoreError> {
+    fn try_commit(&mut self, c: &Commit<'_>) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |e: redb::Error| map_err(&path, "cannot commit", e);
         let db = self.db()?;
@@ -97,25 +107,32 @@ impl EmbeddedStore {
         tx.set_durability(Durability::Immediate);
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
-            for (k, v) in writes {
+            for (k, v) in c.records {
                 let done = match v {
                     Some(v) => records.insert(k.as_slice(), v.as_slice()).map(drop),
                     None => records.remove(k.as_slice()).map(drop),
                 };
                 done.map_err(|e| err(e.into()))?;
             }
+            let mut log = tx.open_table(LOG).map_err(|e| err(e.into()))?;
+            if let Some(before) = c.drop_log_before {
+                log.retain_in(..before, |_, _| false).map_err(|e| err(e.into()))?;
+            }
+            if !c.log.is_empty() {
+                log.insert(c.log_seq, c.log).map_err(|e| err(e.into()))?;
+            }
             let mut meta = tx.open_table(META).map_err(|e| err(e.into()))?;
             let old = meta.get("floor").map_err(|e| err(e.into()))?.map_or(0, |v| v.value());
-            meta.insert("floor", old.max(floor)).map_err(|e| err(e.into()))?;
+            meta.insert("floor", old.max(c.floor)).map_err(|e| err(e.into()))?;
         }
         tx.commit().map_err(|e| err(e.into()))
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, StoreError> {
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     guarded(path, || {
         Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| map_err(path, "cannot open", e.into()))
     })
@@ -182,8 +199,8 @@ impl Store for EmbeddedStore {
         guarded(&path, || self.load_unguarded())
     }
 
-    fn commit(&mut self, writes: &WriteSet, floor: u64) -> Result<(), StoreError> {
-        let result = self.try_commit(writes, floor);
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        let result = self.try_commit(commit);
         if result.is_err() {
             self.db = None;
         }
@@ -210,6 +227,26 @@ impl EmbeddedStore {
             })?;
             records.push(record);
         }
-        Ok(Stored { records, floor })
+        let log = tx.open_table(LOG).map_err(|e| err(e.into()))?;
+        let mut folded = Folded::default();
+        let mut log_next = 1;
+        for entry in log.iter().map_err(|e| err(e.into()))? {
+            let (seq, blob) = entry.map_err(|e| err(e.into()))?;
+            let seq = seq.value();
+            folded.apply(blob.value()).map_err(|detail| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("ephemeral log blob {seq}: {detail}"),
+            })?;
+            log_next = seq + 1;
+        }
+        let log_entries = folded.entries;
+        for (n, bytes) in folded.latest.into_values().flatten().enumerate() {
+            let record = decode_record(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("ephemeral log record {}: {e}", n + 1),
+            })?;
+            records.push(record);
+        }
+        Ok(Stored { records, floor, log_next, log_entries })
     }
 }

@@ -1,6 +1,6 @@
 //! The memory-only store (`--memory-only`): nothing survives the process.
 
-use super::{Store, StoreError, Stored, WriteSet};
+use super::{Commit, Store, StoreError, Stored};
 
 /// Keeps nothing: every start is empty. The driver does not even produce
 /// writes for it (see [`Store::persistent`]).
@@ -19,7 +19,7 @@ impl Store for MemoryStore {
         Ok(Stored::default())
     }
 
-    fn commit(&mut self, _writes: &WriteSet, _floor: u64) -> Result<(), StoreError> {
+    fn commit(&mut self, _commit: &Commit<'_>) -> Result<(), StoreError> {
         Ok(())
     }
 }

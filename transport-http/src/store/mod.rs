@@ -12,8 +12,13 @@
 //! The store is blocking I/O, so it runs on its own thread (`writer.rs`),
 //! fed by the driver; group commit happens there: every batch that arrived
 //! while the previous commit was being fsynced goes into the next commit.
+//!
+//! Two parts: a record table (persistent instances, service settings,
+//! tombstones: keyed, updated in place) and the ephemeral log (`log.rs`:
+//! live ephemeral instances, appended one blob per commit, compacted).
 
 mod embedded;
+pub(crate) mod log;
 mod memory;
 pub(crate) mod writer;
 
@@ -34,9 +39,31 @@ pub(crate) type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// What a store held at start.
 #[derive(Debug, Default)]
 pub(crate) struct Stored {
-    /// Every record, decoded and validated.
+    /// Every record, decoded and validated: the record table's, then the
+    /// live ephemeral instances of the log (the node merges them by
+    /// version, so a key in both resolves as any two copies do).
     pub(crate) records: Vec<Record>,
     /// The version floor of the last commit.
+    pub(crate) floor: u64,
+    /// The sequence number of the next blob of the ephemeral log.
+    pub(crate) log_next: u64,
+    /// Entries in the ephemeral log (over every blob kept).
+    pub(crate) log_entries: u64,
+}
+
+/// One transaction of the store.
+#[derive(Debug)]
+pub(crate) struct Commit<'a> {
+    /// Writes of the record table.
+    pub(crate) records: &'a WriteSet,
+    /// A blob for the ephemeral log (`log::Blob`), appended as `log_seq`;
+    /// nothing is appended if empty.
+    pub(crate) log: &'a [u8],
+    /// The sequence number of `log`.
+    pub(crate) log_seq: u64,
+    /// Drops every blob numbered below this (the end of a compaction).
+    pub(crate) drop_log_before: Option<u64>,
+    /// The node's version floor after these writes.
     pub(crate) floor: u64,
 }
 
@@ -52,9 +79,9 @@ pub(crate) trait Store: Send {
     /// whole load (nothing is dropped silently).
     fn load(&mut self) -> Result<Stored, StoreError>;
 
-    /// Applies `writes` and the new version `floor` in one transaction,
-    /// durable when this returns. On error nothing of it is committed.
-    fn commit(&mut self, writes: &WriteSet, floor: u64) -> Result<(), StoreError>;
+    /// Applies a commit in one transaction, durable when this returns. On
+    /// error nothing of it is committed.
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<(), StoreError>;
 }
 
 /// Why the store could not be opened, read or written. Each message names
@@ -112,11 +139,12 @@ fn io_hint(e: &std::io::Error) -> &'static str {
 }
 
 /// Opens the store a node is configured with: memory-only, or the
-/// embedded store in `data_dir` (created if missing).
-pub(crate) fn open(data_dir: Option<&Path>) -> Result<Box<dyn Store>, StoreError> {
+/// embedded store in `data_dir` (created if missing) with a page cache of
+/// `cache_bytes`.
+pub(crate) fn open(data_dir: Option<&Path>, cache_bytes: usize) -> Result<Box<dyn Store>, StoreError> {
     match data_dir {
         None => Ok(Box::new(MemoryStore)),
-        Some(dir) => Ok(Box::new(EmbeddedStore::open(dir)?)),
+        Some(dir) => Ok(Box::new(EmbeddedStore::open_with(dir, cache_bytes)?)),
     }
 }
 

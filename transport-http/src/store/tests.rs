@@ -35,16 +35,112 @@ fn put(records: &[Record]) -> WriteSet {
     records.iter().map(|r| (encode_key(&record_key(r)), Some(encode_record(r)))).collect()
 }
 
+fn commit(s: &mut dyn Store, records: &WriteSet, floor: u64) -> Result<(), StoreError> {
+    s.commit(&Commit { records, log: &[], log_seq: 0, drop_log_before: None, floor })
+}
+
+fn ephemeral(port: i64) -> Record {
+    let mut r = record(port);
+    if let Record::Instance { state: InstanceState::Live(d), .. } = &mut r {
+        d.ephemeral = true;
+    }
+    r
+}
+
+fn blob(puts: &[Record], deletes: &[Record]) -> log::Blob {
+    let mut b = log::Blob::default();
+    for r in puts {
+        b.put(&encode_key(&record_key(r)), &encode_record(r));
+    }
+    for r in deletes {
+        b.delete(&encode_key(&record_key(r)));
+    }
+    b
+}
+
+fn log_commit(s: &mut dyn Store, b: &log::Blob, seq: u64, drop_before: Option<u64>) {
+    let c = Commit {
+        records: &WriteSet::new(),
+        log: b.bytes(),
+        log_seq: seq,
+        drop_log_before: drop_before,
+        floor: 1,
+    };
+    s.commit(&c).unwrap();
+}
+
+fn ports(records: &[Record]) -> Vec<u16> {
+    let mut p: Vec<u16> = records
+        .iter()
+        .map(|r| match r {
+            Record::Instance { key, .. } => key.port,
+            Record::Service { .. } => 0,
+        })
+        .collect();
+    p.sort_unstable();
+    p
+}
+
+#[test]
+fn the_ephemeral_log_gives_back_the_last_state_of_each_key_and_its_size() {
+    let d = dir("log");
+    {
+        let mut s = EmbeddedStore::open(&d).unwrap();
+        log_commit(&mut s, &blob(&[ephemeral(1), ephemeral(2), ephemeral(3)], &[]), 1, None);
+        log_commit(&mut s, &blob(&[ephemeral(4)], &[ephemeral(2)]), 2, None);
+    }
+    let stored = EmbeddedStore::open(&d).unwrap().load().unwrap();
+    assert_eq!(ports(&stored.records), vec![1, 3, 4], "a deletion in a later blob wins");
+    assert_eq!((stored.log_next, stored.log_entries), (3, 5));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_compaction_drops_the_blobs_before_its_start_in_the_commit_of_its_end() {
+    let d = dir("compact");
+    {
+        let mut s = EmbeddedStore::open(&d).unwrap();
+        log_commit(&mut s, &blob(&[ephemeral(1), ephemeral(2)], &[]), 1, None);
+        log_commit(&mut s, &blob(&[], &[ephemeral(1)]), 2, None);
+        // Compaction from blob 3: the one live instance written again.
+        log_commit(&mut s, &blob(&[ephemeral(2)], &[]), 3, Some(3));
+    }
+    let stored = EmbeddedStore::open(&d).unwrap().load().unwrap();
+    assert_eq!(ports(&stored.records), vec![2]);
+    assert_eq!((stored.log_next, stored.log_entries), (4, 1), "blobs 1 and 2 are gone");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_damaged_log_blob_is_refused_with_the_file_and_the_blob_named() {
+    let d = dir("badlog");
+    {
+        let mut s = EmbeddedStore::open(&d).unwrap();
+        let c = Commit {
+            records: &WriteSet::new(),
+            log: &[1, 9, 9],
+            log_seq: 7,
+            drop_log_before: None,
+            floor: 1,
+        };
+        s.commit(&c).unwrap();
+    }
+    let err = EmbeddedStore::open(&d).unwrap().load().unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ephemeral log blob 7") && msg.contains(FILE_NAME), "{msg}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn the_embedded_store_gives_back_what_it_committed_after_a_reopen() {
     let d = dir("reopen");
     {
         let mut s = EmbeddedStore::open(&d).unwrap();
         assert!(s.load().unwrap().records.is_empty());
-        s.commit(&put(&[record(1), record(2)]), 42).unwrap();
+        commit(&mut s, &put(&[record(1), record(2)]), 42).unwrap();
         let mut del = WriteSet::new();
         del.insert(encode_key(&record_key(&record(1))), None);
-        s.commit(&del, 7).unwrap();
+        commit(&mut s, &del, 7).unwrap();
     }
     let stored = EmbeddedStore::open(&d).unwrap().load().unwrap();
     assert_eq!(stored.records, vec![record(2)]);
@@ -55,7 +151,7 @@ fn the_embedded_store_gives_back_what_it_committed_after_a_reopen() {
 #[test]
 fn the_memory_store_keeps_nothing() {
     let mut s = MemoryStore;
-    s.commit(&put(&[record(1)]), 1).unwrap();
+    commit(&mut s, &put(&[record(1)]), 1).unwrap();
     assert!(!s.persistent());
     assert!(s.load().unwrap().records.is_empty());
 }
@@ -75,7 +171,7 @@ fn a_foreign_truncated_or_corrupted_file_is_refused_with_its_name() {
     let d = dir("bad");
     {
         let mut s = EmbeddedStore::open(&d).unwrap();
-        s.commit(&put(&(1..200).map(record).collect::<Vec<_>>()), 1).unwrap();
+        commit(&mut s, &put(&(1..200).map(record).collect::<Vec<_>>()), 1).unwrap();
     }
     let file = d.join(FILE_NAME);
     let good = std::fs::read(&file).unwrap();

@@ -10,7 +10,13 @@
 //!
 //! Writes that hold no reply (ephemeral instances, records merged from
 //! peers, expiries) are written behind: kept until a batch with replies
-//! arrives or `write_behind` after the first of them, whichever is first.
+//! arrives or `write_behind` after the first of them, whichever is first,
+//! or sooner once they reach [`COMMIT_BYTES`] or [`COMMIT_RECORDS`] (the
+//! bound on what the thread holds uncommitted).
+//!
+//! Live ephemeral instances go to the ephemeral log (`log.rs`), one blob per
+//! commit; every other write goes to the record table, and a write of an
+//! instance key there also appends a deletion of the key to the log.
 //!
 //! A failed commit (full disk, I/O error) answers its held replies with
 //! `NotDurable`, keeps every write, and is retried with the next batch or
@@ -22,11 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use muster_core::durable::{DurableWrite, encode_key, encode_record};
-use muster_core::{Reply, RequestError};
+use muster_core::durable::{DurableWrite, RecordKey, encode_key, encode_record};
+use muster_core::{Record, Reply, RequestError};
 use tokio::sync::oneshot;
 
-use super::{Store, WriteSet};
+use super::log::Blob;
+use super::{Commit, Store, WriteSet};
 use crate::metrics::Metrics;
 
 /// A reply held until its writes are committed.
@@ -39,6 +46,11 @@ const QUEUE: usize = 1024;
 const GROUP_MAX: usize = 4096;
 /// Pause before retrying a failed commit that holds no reply.
 const RETRY: Duration = Duration::from_secs(1);
+/// Bytes of ephemeral log after which the thread commits without waiting
+/// for the write-behind delay.
+pub(crate) const COMMIT_BYTES: usize = 8 << 20;
+/// Record-table writes after which the thread commits without waiting.
+pub(crate) const COMMIT_RECORDS: usize = 32_768;
 
 /// One turn's output for the disk.
 #[derive(Debug, Default)]
@@ -51,6 +63,13 @@ pub(crate) struct Batch {
     pub(crate) replies: Vec<Held>,
     /// The driver's number of this batch.
     pub(crate) seq: u64,
+    /// A compaction of the ephemeral log starts with this batch: the blob
+    /// that takes its writes is the first one kept.
+    pub(crate) compaction_start: bool,
+    /// A compaction ends with this batch (every live ephemeral instance has
+    /// been written since its start): the blobs before its start are
+    /// dropped in the commit that takes this batch.
+    pub(crate) compaction_end: bool,
 }
 
 enum Msg {
@@ -67,9 +86,11 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the thread that owns `store`.
+    /// `log_next` is the number of the next blob of the ephemeral log.
     pub(crate) fn start(
         store: Box<dyn Store>,
         write_behind: Duration,
+        log_next: u64,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
@@ -77,7 +98,7 @@ impl Writer {
         let c = Arc::clone(&committed);
         let thread = std::thread::Builder::new()
             .name("muster-store".into())
-            .spawn(move || Thread::new(store, write_behind, c, metrics).run(rx))?;
+            .spawn(move || Thread::new(store, write_behind, log_next, c, metrics).run(rx))?;
         Ok(Writer { tx, committed, thread: Some(thread) })
     }
 
@@ -120,6 +141,13 @@ struct Thread {
     committed: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     pending: WriteSet,
+    /// The ephemeral log's next blob, and its number.
+    blob: Blob,
+    log_seq: u64,
+    /// The first blob kept by the compaction under way.
+    compaction: Option<u64>,
+    /// Blobs below this are dropped by the next commit.
+    drop_before: Option<u64>,
     floor: u64,
     replies: Vec<Held>,
     seq: u64,
@@ -133,6 +161,7 @@ impl Thread {
     fn new(
         store: Box<dyn Store>,
         write_behind: Duration,
+        log_next: u64,
         committed: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
     ) -> Thread {
@@ -142,6 +171,10 @@ impl Thread {
             committed,
             metrics,
             pending: WriteSet::new(),
+            blob: Blob::default(),
+            log_seq: log_next,
+            compaction: None,
+            drop_before: None,
             floor: 0,
             replies: Vec::new(),
             seq: 0,
@@ -171,14 +204,16 @@ impl Thread {
                     Err(_) => break,
                 }
             }
-            let due = self.deadline().is_some_and(|at| Instant::now() >= at);
+            let due = self.deadline().is_some_and(|at| Instant::now() >= at)
+                || self.blob.bytes().len() >= COMMIT_BYTES
+                || self.pending.len() >= COMMIT_RECORDS;
             if stop || !self.replies.is_empty() || due {
                 self.commit();
             }
             if stop {
                 if self.failing.is_some() {
                     tracing::error!(
-                        writes = self.pending.len(),
+                        writes = self.pending.len() as u64 + self.blob.entries(),
                         "stopping with writes the disk did not take; they are lost on this node"
                     );
                 }
@@ -198,12 +233,35 @@ impl Thread {
     }
 
     fn take(&mut self, b: Batch) {
+        if b.compaction_start {
+            // Commit what came before the mark, so that the compaction can
+            // drop it; the next blob and every later one are kept (if that
+            // commit fails, the blob filling now is kept with them).
+            if self.blob.entries() > 0 {
+                self.commit();
+            }
+            self.compaction = Some(self.log_seq);
+        }
         for w in &b.writes {
-            let value = match w {
-                DurableWrite::Put(r) => Some(encode_record(r)),
-                DurableWrite::Delete(_) => None,
-            };
-            self.pending.insert(encode_key(&w.key()), value);
+            let key = encode_key(&w.key());
+            match w {
+                DurableWrite::Put(r) if !w.sync() => self.blob.put(&key, &encode_record(r)),
+                DurableWrite::Put(r) => {
+                    if matches!(r, Record::Instance { .. }) {
+                        self.blob.delete(&key);
+                    }
+                    self.pending.insert(key, Some(encode_record(r)));
+                }
+                DurableWrite::Delete(k) => {
+                    if matches!(k, RecordKey::Instance(_)) {
+                        self.blob.delete(&key);
+                    }
+                    self.pending.insert(key, None);
+                }
+            }
+        }
+        if b.compaction_end {
+            self.drop_before = self.compaction.take();
         }
         if !b.writes.is_empty() && self.oldest.is_none() {
             self.oldest = Some(Instant::now());
@@ -215,14 +273,29 @@ impl Thread {
 
     fn commit(&mut self) {
         let start = Instant::now();
-        let writes = self.pending.len();
-        match self.store.commit(&self.pending, self.floor) {
+        let writes = self.pending.len() as u64 + self.blob.entries();
+        let commit = Commit {
+            records: &self.pending,
+            log: self.blob.bytes(),
+            log_seq: self.log_seq,
+            drop_log_before: self.drop_before,
+            floor: self.floor,
+        };
+        match self.store.commit(&commit) {
             Ok(()) => {
                 self.pending.clear();
+                if self.blob.entries() > 0 {
+                    self.metrics.store_log_entries.fetch_add(self.blob.entries(), Ordering::Relaxed);
+                    self.log_seq += 1;
+                    self.blob.clear();
+                }
+                if self.drop_before.take().is_some() {
+                    self.metrics.store_log_compactions.fetch_add(1, Ordering::Relaxed);
+                }
                 self.oldest = None;
                 self.committed.store(self.seq, Ordering::Release);
                 self.metrics.store_commits.fetch_add(1, Ordering::Relaxed);
-                self.metrics.store_writes.fetch_add(writes as u64, Ordering::Relaxed);
+                self.metrics.store_writes.fetch_add(writes, Ordering::Relaxed);
                 if self.failing.take().is_some() {
                     tracing::info!(store = %self.store.location(), writes, "the store commits again");
                 }
