@@ -85,8 +85,11 @@ for case in "${CASES[@]}"; do
                 bench "persistent-r$round" --data-dir "$OUT/data" -- "${REGISTER[@]}" --persistent
             done ;;
         rss)
-            bench "rss-store" --data-dir "$OUT/data" -- --mode register --instances 100000 --services 100 \
-                --concurrency 64 --threads 2 --duration 60s --max-ops 100000 ;;
+            RSS=(--mode register --instances 100000 --services 100 --concurrency 64 --threads 2 --duration 60s
+                --max-ops 100000)
+            bench "rss-memory" --memory-only -- "${RSS[@]}"
+            bench "rss-store" --data-dir "$OUT/data" -- "${RSS[@]}"
+            bench "rss-store-cache2" --data-dir "$OUT/data" --store-cache-mib 2 -- "${RSS[@]}" ;;
         restart)
             for n in 100000 1000000; do
                 rm -rf "$OUT/data"
