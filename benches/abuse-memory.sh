@@ -6,6 +6,9 @@
 #   cargo build --release --bin muster
 #   benches/abuse-memory.sh [WATCHES] [SLOW_BODIES] [BYTES_EACH] [WAVES]   # defaults 5000 1000 60 2
 #
+# After the last wave it reads VmRSS once a second for SETTLE seconds (default 15): the
+# allocator returns freed pages to the OS after a delay (jemalloc's decay, 10 s).
+#
 # Loopback only; bounded: watches wait 30 s at most, slow bodies send BYTES_EACH
 # bytes 50 ms apart; the node is stopped (by its pid) at the end.
 set -euo pipefail
@@ -25,9 +28,9 @@ FLAGS=${FLAGS-"--body-min-bytes-per-s 0 --body-timeout-ms 10000"}
     > /dev/null 2>&1 < /dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
-python3 - "$PORT" "$PID" "$WATCHES" "$SLOW" "$BYTES" "$WAVES" <<'PY'
+python3 - "$PORT" "$PID" "$WATCHES" "$SLOW" "$BYTES" "$WAVES" "${SETTLE:-15}" <<'PY'
 import json, socket, sys, time, urllib.request
-port, pid, watches, slow, nbytes, waves = (int(a) for a in sys.argv[1:7])
+port, pid, watches, slow, nbytes, waves, settle = (int(a) for a in sys.argv[1:8])
 base = f"http://127.0.0.1:{port}"
 def rss():
     for l in open(f"/proc/{pid}/status"):
@@ -75,4 +78,10 @@ for wave in range(waves):
     for s in conns: s.close()
     time.sleep(1.0)
     print(f"slow bodies closed (wave {wave + 1}): VmRSS {rss()} KiB")
+samples = []
+for _ in range(settle):
+    time.sleep(1.0)
+    samples.append(rss())
+if samples:
+    print(f"idle for {settle} s after the last close: VmRSS {samples[0]} -> {samples[-1]} KiB (lowest {min(samples)})")
 PY

@@ -7,6 +7,12 @@
 use std::process::ExitCode;
 
 use muster_transport_http::cli::Command;
+
+/// jemalloc, with background threads that return freed pages to the OS
+/// (glibc's malloc kept the memory of closed connections; see
+/// docs/architecture.md "Allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use muster_transport_http::config::ServeArgs;
 
 fn main() -> ExitCode {

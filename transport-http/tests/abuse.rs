@@ -125,10 +125,20 @@ fn many_slow_bodies_hold_little_memory_are_all_closed_and_give_it_back() {
     }
     assert_eq!(cut, CONNS, "every slow body is answered 408 and closed");
     drop(conns);
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(pid).unwrap_or(0);
-    eprintln!("RSS after the connections closed: {after} KiB");
-    assert!(after <= before + 24 * 1024, "RSS stays up: {before} KiB before, {after} KiB after");
+    // The allocator gives the freed pages back to the OS within about a
+    // second (jemalloc's decay; glibc's malloc kept them for good).
+    let fallen = before + (peak.saturating_sub(before)) / 4 + 4 * 1024;
+    let started = std::time::Instant::now();
+    let mut after = rss_kib(pid).unwrap_or(0);
+    while after > fallen && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_kib(pid).unwrap_or(0);
+    }
+    eprintln!("RSS after the connections closed: {after} KiB after {:?}", started.elapsed());
+    assert!(
+        after <= fallen,
+        "RSS stays up: {before} KiB before, peak {peak} KiB, {after} KiB 10 s after they closed"
+    );
     assert_eq!(n.get("/health/ready").status, 200);
 }
 
