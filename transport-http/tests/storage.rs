@@ -244,28 +244,40 @@ fn a_foreign_or_truncated_store_file_stops_the_node_with_the_file_named_and_what
     assert!(out.stderr.contains("--data-dir must name a directory"), "{}", out.stderr);
 }
 
+/// A tmpfs mounted on a directory for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "2m") on `mnt`, created if missing;
+    /// `None`, said on stderr, where `mount` is not allowed (not root with
+    /// CAP_SYS_ADMIN).
+    fn mount(mnt: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", mnt.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root with CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(Tmpfs(mnt.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A full disk: the data directory on a 2 MiB tmpfs. Needs `mount` (root
 /// with CAP_SYS_ADMIN, as in CI); without it the test says so and passes.
 #[test]
 fn a_full_disk_fails_writes_with_a_clear_error_and_the_node_recovers_when_space_returns() {
     let dir = scratch("storage-full");
     let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt.to_str().unwrap()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root with CAP_SYS_ADMIN)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(_guard) = Tmpfs::mount(&mnt, "2m") else { return };
     let mut node = node_on(free_ports(1)[0], &[], &dir, &mnt.join("data"));
     node.wait_ready(Duration::from_secs(10));
     // Fill the rest of the tmpfs.
@@ -350,24 +362,7 @@ fn export_then_import_into_another_node_copies_settings_and_instances_and_import
 fn a_read_only_data_directory_stops_the_node_with_the_file_named_and_what_to_do() {
     let dir = scratch("storage-ro");
     let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = |opts: &str| {
-        std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs", mnt.to_str().unwrap()])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !mount("size=4m") {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root with CAP_SYS_ADMIN)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(_guard) = Tmpfs::mount(&mnt, "4m") else { return };
     let data = mnt.join("data");
     std::fs::create_dir_all(mnt.join("empty")).unwrap();
     {
