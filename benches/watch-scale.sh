@@ -53,6 +53,19 @@ print(line, flush=True)
 PY
 }
 
+# wake PORT NAME: the node's own view of the wake-ups it answered (the
+# muster_watch_wake_seconds histogram: publication to answer written), as
+# bucket bounds: the p50 and p99 lie at or below the bound printed.
+wake() {
+    curl -sf "http://127.0.0.1:$1/metrics" | python3 -c '
+import sys
+b = [(l.split("le=\"")[1].split("\"")[0], float(l.split()[-1])) for l in sys.stdin if l.startswith("muster_watch_wake_seconds_bucket")]
+n = b[-1][1] if b else 0
+q = lambda f: next((le for le, c in b if c >= f * n), "none")
+print(f"{sys.argv[1]:<22} node: {n:.0f} wake-ups answered, p50 <= {q(0.5)} s, p99 <= {q(0.99)} s")
+' "$2"
+}
+
 bench() {
     # bench BUILD NAME ARGS...
     local build=$1 name=$2
@@ -71,6 +84,7 @@ for round in $(seq "$ROUNDS"); do
                 a=$NODE_PID
                 bench "$build" "one10k-r$round" --server "127.0.0.1:$PORT" --server-pid "$a" \
                     --concurrency 10000 --rate "${RATE_10K:-0.5}"
+                wake "$PORT" "one10k-r$round $build"
                 stop "$a" ;;
             cross1k)
                 secret="$OUT/muster.secret"
@@ -83,6 +97,7 @@ for round in $(seq "$ROUNDS"); do
                 done
                 bench "$build" "cross1k-r$round" --server "127.0.0.1:$PORT" \
                     --watch-server "127.0.0.1:$((PORT + 2))" --server-pid "${nodes[2]}" --concurrency 1000 --rate 20
+                wake "$((PORT + 2))" "cross1k-r$round $build"
                 for p in "${nodes[@]}"; do stop "$p"; done ;;
             *)
                 echo "unknown case $case (one10k cross1k)" >&2

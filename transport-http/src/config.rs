@@ -248,7 +248,7 @@ pub struct ServeArgs {
     /// Longest time an ephemeral instance's change waits before it is written to disk, ms [default: 200].
     #[arg(long, env = "MUSTER_WRITE_BEHIND_MS", value_name = "MS")]
     pub write_behind_ms: Option<u64>,
-    /// Page cache of the store, MiB: larger loads big stores faster, smaller keeps memory down [default: 16].
+    /// Page cache of the store, MiB; each MiB is resident memory [default: 2].
     #[arg(long, env = "MUSTER_STORE_CACHE_MIB", value_name = "MIB")]
     pub store_cache_mib: Option<u64>,
 
@@ -565,11 +565,13 @@ impl ServeArgs {
             Some(mib) if mib > 65_536 => {
                 return Err(SettingsError::new("store_cache_mib", "at most 65536 (64 GiB)"));
             }
-            // The store is read whole only at start and written mostly in
-            // new pages, so a small cache costs little and keeps the node's
-            // memory near what the registry itself takes (redb's default is
-            // 1 GiB).
-            v => (v.unwrap_or(16) as usize) << 20,
+            // The store is read whole only at start, in key order, and
+            // ephemeral instances are appended, so a small cache costs
+            // little: 2 and 16 MiB loaded 1,000,000 records in the same
+            // ~10 s and took persistent writes at the same rate, and 16 MiB
+            // held ~10 MiB more resident (BENCHMARKS.md "Durable storage";
+            // redb's default is 1 GiB).
+            v => (v.unwrap_or(2) as usize) << 20,
         };
         let data_dir =
             (!memory_only).then(|| self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));

@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     pub(crate) peer_messages_refused: AtomicU64,
     /// Long polls waiting now.
     pub(crate) watchers: AtomicUsize,
+    /// From a view's publication to a woken watch's answer written.
+    pub(crate) watch_wake: Histogram,
     /// Times the expiry brake engaged.
     pub(crate) brake_engagements: AtomicU64,
     /// Active health checks that passed.
@@ -98,6 +100,7 @@ impl Default for Metrics {
             peer_requests_refused: AtomicU64::new(0),
             peer_messages_refused: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
+            watch_wake: Histogram::default(),
             brake_engagements: AtomicU64::new(0),
             health_checks_passed: AtomicU64::new(0),
             health_checks_failed: AtomicU64::new(0),
@@ -288,6 +291,11 @@ impl Metrics {
             "muster_watchers",
             "Long polls waiting.",
             self.watchers.load(Ordering::Relaxed) as u64,
+        );
+        self.watch_wake.render(
+            &mut out,
+            "muster_watch_wake_seconds",
+            "From the publication of a changed view to the answer of a long poll it woke, written to the socket.",
         );
         counter(&mut out, "muster_pauses_total", "Pauses of the node's own clock detected.", s.pauses);
         let name = "muster_health_checks_total";
@@ -499,6 +507,48 @@ fn render_peers(out: &mut String, status: &Status, peer_queues: &[(String, usize
     }
 }
 
+/// Upper bounds of [`Histogram`]'s buckets, µs.
+const BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    5_000_000,
+];
+
+/// A latency histogram with fixed buckets (Prometheus exposition).
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Counts per bucket of [`BUCKETS_US`], then the overflow bucket.
+    counts: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            match BUCKETS_US.get(i) {
+                Some(b) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {total}", *b as f64 / 1e6);
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -518,6 +568,21 @@ mod tests {
     use muster_core::{MemberView, NodeId, NodeStats, Timestamp};
 
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_its_bucket_and_every_larger_one() {
+        let h = Histogram::default();
+        h.record(std::time::Duration::from_micros(80));
+        h.record(std::time::Duration::from_millis(3));
+        h.record(std::time::Duration::from_secs(9));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.0025\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\nx_sum 9.00308\nx_count 3\n"), "{out}");
+    }
 
     #[test]
     fn the_exposition_holds_requests_and_peer_states() {

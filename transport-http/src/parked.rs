@@ -249,11 +249,19 @@ async fn serve_watch(
             Err(_) => return Ok(Served::Handover),
         },
     };
+    // Woken by a change published while it waited (not by its deadline,
+    // nor answered at once for a stale checksum).
+    let woken = watch.watch.is_some_and(|(checksum, _)| {
+        published.at > watch.start && published.view.select(&watch.selector).checksum() != checksum
+    });
     let body = api::answer_bytes(&published, &watch.selector);
     let head = response_head(body.len(), &watch.request_id, watch.close);
     tokio::time::timeout(WRITE_TIMEOUT, write_all(stream, &head, &body))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    if woken {
+        state.metrics.watch_wake.record(published.at.elapsed());
+    }
     let route = api::find(&hyper::Method::GET, "/v1/instances").ok().map(|m| m.index);
     state.metrics.count_request(route, 200);
     tracing::info!(

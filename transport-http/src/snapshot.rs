@@ -23,6 +23,8 @@ use tokio::sync::{Notify, watch};
 #[derive(Debug)]
 pub(crate) struct Published {
     pub(crate) view: Arc<ServiceView>,
+    /// When the driver published this view (for the watch wake-up metric).
+    pub(crate) at: std::time::Instant,
     /// JSON bodies of the answers without a cluster filter: `[all, healthy only]`.
     bodies: [OnceLock<Bytes>; 2],
     /// A per-node number of this publication, increasing from one
@@ -38,6 +40,7 @@ impl Published {
     pub(crate) fn new(view: Arc<ServiceView>) -> Arc<Published> {
         Arc::new(Published {
             view,
+            at: std::time::Instant::now(),
             bodies: [OnceLock::new(), OnceLock::new()],
             index: OnceLock::new(),
             consul: Default::default(),

@@ -544,6 +544,8 @@ fn parked_watches_keep_their_connection_hand_other_requests_to_the_full_server_a
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_ne!(answer["checksum"], checksum.as_str());
     assert_eq!(answer["instances"].as_array().unwrap().len(), 2);
+    // Only the watch that a change woke is timed, not the one its deadline ended.
+    assert_eq!(metric(&n, "muster_watch_wake_seconds_count"), Some(1.0));
     // Any other request on the same connection is served as always, refusals included.
     let bad =
         format!("GET /v1/instances?service=p&checksum={checksum}&wait=1s&nope=1 HTTP/1.1\r\nHost: x\r\n\r\n");
