@@ -69,6 +69,29 @@ impl Blob {
         self.entries
     }
 
+    /// Keeps only the last entry of each key (what a fold of the blob
+    /// would give), in order: while commits fail, the blob then holds at
+    /// most one entry per key, as the record table's pending set does.
+    pub(crate) fn coalesce(&mut self) {
+        let Ok(entries) = parse(&self.bytes) else { return };
+        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(entries.len());
+        for (i, (key, _)) in entries.iter().enumerate() {
+            last.insert(key, i);
+        }
+        let mut out = Blob::default();
+        for (i, (key, record)) in entries.iter().enumerate() {
+            if last.get(key) == Some(&i) {
+                match record {
+                    Some(r) => out.put(key, r),
+                    None => out.delete(key),
+                }
+            }
+        }
+        drop(last);
+        drop(entries);
+        *self = out;
+    }
+
     /// Starts again, keeping the allocation.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
@@ -158,6 +181,25 @@ mod tests {
         assert_eq!(f.latest.get(b"k1".as_slice()), Some(&Some(b"r1b".to_vec())));
         assert_eq!(f.latest.get(b"k2".as_slice()), Some(&None));
         assert_eq!(f.latest.get(b"k3".as_slice()), Some(&Some(b"r3".to_vec())));
+    }
+
+    #[test]
+    fn a_coalesced_blob_keeps_the_last_entry_of_each_key_and_folds_the_same() {
+        let mut b = Blob::default();
+        for round in 0..100u8 {
+            b.put(b"k1", &[round; 50]);
+            b.put(b"k2", &[round; 50]);
+        }
+        b.delete(b"k2");
+        let mut before = Folded::default();
+        before.apply(b.bytes()).unwrap();
+        let size = b.bytes().len();
+        b.coalesce();
+        assert_eq!(b.entries(), 2);
+        assert!(b.bytes().len() * 50 < size, "{} of {size} bytes", b.bytes().len());
+        let mut after = Folded::default();
+        after.apply(b.bytes()).unwrap();
+        assert_eq!(after.latest, before.latest);
     }
 
     #[test]

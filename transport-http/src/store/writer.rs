@@ -148,6 +148,8 @@ struct Thread {
     compaction: Option<u64>,
     /// Blobs below this are dropped by the next commit.
     drop_before: Option<u64>,
+    /// Size of the blob at which a failing thread coalesces it.
+    coalesce_at: usize,
     floor: u64,
     replies: Vec<Held>,
     seq: u64,
@@ -175,6 +177,7 @@ impl Thread {
             log_seq: log_next,
             compaction: None,
             drop_before: None,
+            coalesce_at: COMMIT_BYTES,
             floor: 0,
             replies: Vec::new(),
             seq: 0,
@@ -289,6 +292,7 @@ impl Thread {
                     self.log_seq += 1;
                     self.blob.clear();
                 }
+                self.coalesce_at = COMMIT_BYTES;
                 if self.drop_before.take().is_some() {
                     self.metrics.store_log_compactions.fetch_add(1, Ordering::Relaxed);
                 }
@@ -312,7 +316,86 @@ impl Thread {
                 }
                 self.failing = Some(message.clone());
                 fail_all(std::mem::take(&mut self.replies), &message);
+                // The log's blob is not coalesced by key as it fills; while
+                // the disk refuses it, keep it to one entry per key, so that
+                // a long outage holds at most the registry, not its history.
+                if self.blob.bytes().len() >= self.coalesce_at {
+                    self.blob.coalesce();
+                    self.coalesce_at = COMMIT_BYTES.max(2 * self.blob.bytes().len());
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_core::{InstanceData, InstanceKey, InstanceState, Metadata, NodeId, ServiceKey, Version};
+
+    use super::super::{Commit, StoreError, Stored};
+    use super::*;
+
+    /// A disk that refuses every commit, as a full one does.
+    struct Full;
+
+    impl Store for Full {
+        fn location(&self) -> String {
+            "full".into()
+        }
+        fn persistent(&self) -> bool {
+            true
+        }
+        fn load(&mut self) -> Result<Stored, StoreError> {
+            Ok(Stored::default())
+        }
+        fn commit(&mut self, _: &Commit<'_>) -> Result<(), StoreError> {
+            Err(StoreError::Io {
+                path: "full".into(),
+                what: "cannot commit",
+                source: std::io::ErrorKind::StorageFull.into(),
+            })
+        }
+    }
+
+    fn ephemeral(port: i64, weight: f64) -> DurableWrite {
+        let key =
+            InstanceKey::parse(ServiceKey::parse(None, None, "orders").unwrap(), None, "10.0.0.1", port)
+                .unwrap();
+        let data = InstanceData {
+            weight,
+            healthy: true,
+            enabled: true,
+            ephemeral: true,
+            metadata: Metadata::default(),
+        };
+        DurableWrite::Put(Record::Instance {
+            key,
+            version: Version::client(1 << 16, NodeId::parse("127.0.0.1:1").unwrap()),
+            state: InstanceState::Live(data),
+        })
+    }
+
+    #[test]
+    fn while_the_disk_refuses_commits_the_log_holds_one_entry_per_key_not_the_history() {
+        let metrics = Arc::new(Metrics::default());
+        let mut t =
+            Thread::new(Box::new(Full), Duration::from_millis(1), 1, Arc::new(AtomicU64::new(0)), metrics);
+        // 400,000 changes of 10 instances (health flaps during an outage): some
+        // 24 MB of history, were it kept.
+        for round in 0..40_000 {
+            let writes = (1..=10).map(|port| ephemeral(port, f64::from(round % 100))).collect();
+            t.take(Batch { writes, ..Batch::default() });
+            if round % 100 == 0 {
+                t.commit();
+            }
+        }
+        t.commit();
+        assert!(t.failing.is_some());
+        assert!(
+            t.blob.bytes().len() <= 2 * COMMIT_BYTES,
+            "{} bytes kept for 10 instances ({} entries)",
+            t.blob.bytes().len(),
+            t.blob.entries()
+        );
     }
 }
