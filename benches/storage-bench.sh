@@ -45,13 +45,16 @@ stop() {
 }
 
 summary() {
-    python3 - "$1" "$2" <<'PY'
+    python3 - "$1" "$2" "${SETTLED_KIB:-0}" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); l = d["latency_ms"]; m = d.get("server_memory_kib", {})
+settled = int(sys.argv[3])
 line = (f"{sys.argv[2]:<22} {d['ops_per_s']:>9.0f} ops/s  p50 {l['p50']:.3f} p99 {l['p99']:.3f} ms  "
         f"errors {d['error_count']}  node {d.get('node_cpu_us_per_op', 0):.1f} us/op")
 if m:
-    line += f"  VmRSS {m['rss_after'] / 1024:.1f} MiB"
+    line += f"  VmRSS {m['rss_after'] / 1024:.1f} MiB, VmHWM {m['hwm_after'] / 1024:.1f} MiB"
+if settled:
+    line += f", VmRSS 3 s later {settled / 1024:.1f} MiB"
 print(line)
 PY
 }
@@ -67,6 +70,10 @@ bench() {
     rm -rf "$OUT/data"
     start 8848 "$OUT/$name.log" "${node[@]}"
     "$BIN/muster-bench" --server 127.0.0.1:8848 --server-pid "$NODE_PID" --json "${tool[@]}" > "$OUT/$name.json"
+    # The resident size once the allocator has returned the load's freed
+    # pages (jemalloc's decay is 1 s), next to the size right after the load.
+    sleep 3
+    SETTLED_KIB=$(awk '/^VmRSS/ {print $2}' "/proc/$NODE_PID/status")
     stop "$NODE_PID"
     summary "$OUT/$name.json" "$name"
 }
@@ -87,9 +94,10 @@ for case in "${CASES[@]}"; do
         rss)
             RSS=(--mode register --instances 100000 --services 100 --concurrency 64 --threads 2 --duration 60s
                 --max-ops 100000)
-            bench "rss-memory" --memory-only -- "${RSS[@]}"
-            bench "rss-store" --data-dir "$OUT/data" -- "${RSS[@]}"
-            bench "rss-store-cache2" --data-dir "$OUT/data" --store-cache-mib 2 -- "${RSS[@]}" ;;
+            for round in $(seq 1 "$ROUNDS"); do
+                bench "rss-memory-r$round" --memory-only -- "${RSS[@]}"
+                bench "rss-store-r$round" --data-dir "$OUT/data" -- "${RSS[@]}"
+            done ;;
         restart)
             for n in 100000 1000000; do
                 rm -rf "$OUT/data"
