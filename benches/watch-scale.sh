@@ -4,6 +4,7 @@
 #
 #   cargo build --release --bin muster --bin muster-bench
 #   BASE=/path/to/other/release benches/watch-scale.sh [ROUNDS] [CASE...]   # cases: one10k cross1k
+#   STREAM=ab benches/watch-scale.sh [ROUNDS] [CASE...]   # long polls against streamed watches
 #
 # one10k: one node, 10,000 watchers, writes on the same node (RATE_10K per second, default 0.5).
 # cross1k: three nodes (one secret, one peer list), 1,000 watchers on C, writes on A (20/s).
@@ -22,11 +23,15 @@ CASES=("$@")
 mkdir -p "$OUT"
 BUILDS=(new)
 [ -n "$BASE" ] && BUILDS=(base new)
+# With STREAM=ab: one build (NEW), its watchers long-polling, then streaming.
+[ "${STREAM:-}" = ab ] && BUILDS=(poll stream)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 bin_of() { if [ "$1" = base ]; then echo "$BASE"; else echo "$NEW"; fi; }
+# The watchers' flags of a build: `stream` watches with streamed watches.
+watch_flags() { if [ "$1" = stream ]; then echo --stream; fi; }
 
 # start BUILD PORT [flags...]: a node with the access log off; sets NODE_PID.
 start() {
@@ -70,7 +75,9 @@ bench() {
     # bench BUILD NAME ARGS...
     local build=$1 name=$2
     shift 2
-    "$NEW/muster-bench" --mode watch --threads 2 --duration 10s --warmup 1s --setup-timeout 120s --json "$@" \
+    # shellcheck disable=SC2046 # the flags are one word or none
+    "$NEW/muster-bench" --mode watch --threads 2 --duration 10s --warmup 1s --setup-timeout 120s --json \
+        $(watch_flags "$build") "$@" \
         > "$OUT/$name-$build.json"
     summary "$OUT/$name-$build.json" "$name $build"
 }

@@ -3,10 +3,13 @@
 //! Every error answers `{"error": {"code", "message", "field"?}}` with the
 //! status the code implies.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use muster_core::{InvalidInput, RequestError};
@@ -39,8 +42,55 @@ fn cut(mut message: String) -> String {
     message
 }
 
-/// The body type of every response.
-pub(crate) type Body = Full<Bytes>;
+/// The body of every response: one buffer (with its length), or the
+/// chunks of a streamed watch as its task sends them.
+#[derive(Debug)]
+pub(crate) struct Body(BodyKind);
+
+#[derive(Debug)]
+enum BodyKind {
+    Full(Option<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    /// A body of `bytes`, sent with its `content-length`.
+    pub(crate) fn new(bytes: Bytes) -> Body {
+        Body(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())))
+    }
+
+    /// A body of unknown length (sent chunked): what `rx` receives, until
+    /// its sender is dropped.
+    pub(crate) fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+        Body(BodyKind::Stream(rx))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.0 {
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.0, BodyKind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            BodyKind::Stream(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// A refused request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,7 +287,7 @@ pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Respo
 
 /// A response with a body of the given type.
 pub(crate) fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

@@ -131,6 +131,8 @@ struct Watch {
     selector: Selector,
     /// The checksum held and the (capped) wait; `None` for a plain query.
     watch: Option<(Checksum, Duration)>,
+    /// A streamed watch: every change until the wait ends, on one answer.
+    stream: bool,
     request_id: Box<str>,
     /// The client asked to close after the answer.
     close: bool,
@@ -200,6 +202,7 @@ fn take_watch(state: &AppState, head: &[u8]) -> Option<Watch> {
         key: params.key,
         selector: params.selector,
         watch,
+        stream: params.stream,
         request_id: filter::request_id_of(request_id).into(),
         close,
         start,
@@ -223,6 +226,9 @@ async fn serve_watch(
     peer: SocketAddr,
     watch: Watch,
 ) -> io::Result<Served> {
+    if let (Some((checksum, wait)), true) = (watch.watch, watch.stream) {
+        return serve_stream(state, stream, peer, &watch, checksum, wait).await;
+    }
     let published = match watch.watch {
         Some((checksum, wait)) => {
             let Ok(guard) = WatchGuard::acquire(state) else { return Ok(Served::Handover) };
@@ -262,6 +268,11 @@ async fn serve_watch(
     if woken {
         state.metrics.watch_wake.record(published.at.elapsed());
     }
+    Ok(answered(state, peer, &watch))
+}
+
+/// Counts and logs an answered query or watch, as the Filter does.
+fn answered(state: &AppState, peer: SocketAddr, watch: &Watch) -> Served {
     let route = api::find(&hyper::Method::GET, "/v1/instances").ok().map(|m| m.index);
     state.metrics.count_request(route, 200);
     tracing::info!(
@@ -273,10 +284,83 @@ async fn serve_watch(
         request_id = &*watch.request_id,
         peer = %peer,
     );
-    if watch.close {
-        return Ok(Served::Close);
+    if watch.close { Served::Close } else { Served::Again }
+}
+
+/// Serves a streamed watch: the head at once, then one chunk per changed
+/// selection (the answer and a newline) written from the view's shared
+/// body, then the last chunk when the wait ends or the node shuts down.
+/// A client that reads slowly holds up only its own writes, and skips to
+/// the newest view when it catches up.
+async fn serve_stream(
+    state: &AppState,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    watch: &Watch,
+    mut checksum: Checksum,
+    wait: Duration,
+) -> io::Result<Served> {
+    let Ok(guard) = WatchGuard::acquire(state) else { return Ok(Served::Handover) };
+    let rx = match state.snapshots.subscribe(&watch.key) {
+        Some(rx) => rx,
+        None => match state.driver.load_view(watch.key.clone(), true).await {
+            Ok((_, Some(rx))) => rx,
+            _ => return Ok(Served::Handover),
+        },
+    };
+    let mut sub = api::Subscription::new(state, watch.key.clone(), rx);
+    let deadline = tokio::time::Instant::now() + wait;
+    let head = stream_head(&watch.request_id, watch.close);
+    timed(write_all(stream, &head, &[])).await?;
+    loop {
+        let held = Held { selector: &watch.selector, checksum };
+        let Some(published) = self::wait(state, stream, &mut sub, held, deadline).await else {
+            return Ok(Served::Close);
+        };
+        let current = published.view.select(&watch.selector).checksum();
+        if current == checksum {
+            // The wait ended, or the node shuts down.
+            break;
+        }
+        let body = api::answer_bytes(&published, &watch.selector);
+        // The chunk: its size in hex, the answer, a newline, CRLF.
+        let size = format!("{:x}\r\n", body.len() + 1);
+        timed(write_all_three(stream, size.as_bytes(), &body, b"\n\r\n")).await?;
+        if published.at > watch.start {
+            state.metrics.watch_wake.record(published.at.elapsed());
+        }
+        checksum = current;
+        if *state.shutdown.borrow() {
+            break;
+        }
     }
-    Ok(Served::Again)
+    timed(write_all(stream, b"0\r\n\r\n", &[])).await?;
+    drop(sub);
+    drop(guard);
+    let served = answered(state, peer, watch);
+    Ok(if *state.shutdown.borrow() { Served::Close } else { served })
+}
+
+/// `f`, failed with `TimedOut` past [`WRITE_TIMEOUT`].
+async fn timed(f: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, f).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// The status line and headers of a streamed watch's answer.
+fn stream_head(request_id: &str, close: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(160 + request_id.len());
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
+    head.extend_from_slice(api::STREAM_TYPE.as_bytes());
+    head.extend_from_slice(b"\r\nx-request-id: ");
+    head.extend_from_slice(request_id.as_bytes());
+    head.extend_from_slice(b"\r\ntransfer-encoding: chunked");
+    if close {
+        head.extend_from_slice(b"\r\nconnection: close");
+    }
+    head.extend_from_slice(b"\r\ndate: ");
+    head.extend_from_slice(&http_date());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
 }
 
 /// Waits until the watched selection's checksum differs from the client's,
@@ -342,17 +426,23 @@ fn response_head(len: usize, request_id: &str, close: bool) -> Vec<u8> {
     head
 }
 
-/// Writes `head` then `body`, in one vectored write when the socket takes it.
-async fn write_all(stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let total = head.len() + body.len();
+/// Writes `a`, `b` and `c`, in one vectored write when the socket takes it.
+async fn write_all_three(stream: &TcpStream, a: &[u8], b: &[u8], c: &[u8]) -> io::Result<()> {
+    let total = a.len() + b.len() + c.len();
     let mut written = 0;
     while written < total {
-        let tried = if written < head.len() {
-            stream.try_write_vectored(&[IoSlice::new(&head[written..]), IoSlice::new(body)])
-        } else {
-            stream.try_write(&body[written - head.len()..])
-        };
-        match tried {
+        let parts = [a, b, c];
+        let mut skip = written;
+        let mut slices = Vec::with_capacity(3);
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+            } else {
+                slices.push(IoSlice::new(&p[skip..]));
+                skip = 0;
+            }
+        }
+        match stream.try_write_vectored(&slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
@@ -360,6 +450,11 @@ async fn write_all(stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Writes `head` then `body`, in one vectored write when the socket takes it.
+async fn write_all(stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+    write_all_three(stream, head, body, &[]).await
 }
 
 /// The `date` header's value, formatted once per second.

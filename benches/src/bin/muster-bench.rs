@@ -93,6 +93,10 @@ struct Args {
     /// The long polls' `wait` (watch).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     wait: Duration,
+    /// Watch with streamed watches (`stream=true`: one request, every change
+    /// on its answer) instead of one long poll per change (watch).
+    #[arg(long)]
+    stream: bool,
     /// Per-instance lease in ms: metadata `muster.unhealthy_after_ms` = LEASE and
     /// `muster.remove_after_ms` = 2 x LEASE, so instances outlive slow beat rounds;
     /// 2 x LEASE must not exceed the server's tombstone TTL (the server refuses a
@@ -256,6 +260,7 @@ fn validate(a: &Args) -> Result<Opts, String> {
         mix: a.mix,
         rate: a.rate,
         wait: a.wait,
+        stream: a.stream,
         lease_ms,
         timeout: a.timeout,
         max_ops: a.max_ops,

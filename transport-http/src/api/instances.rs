@@ -239,13 +239,20 @@ pub(crate) struct QueryParams {
     pub(crate) selector: Selector,
     pub(crate) checksum: Option<Checksum>,
     pub(crate) wait: Option<Duration>,
+    /// A streamed watch (`stream=true`): every change until `wait` ends, on
+    /// one answer.
+    pub(crate) stream: bool,
 }
 
 /// `GET /v1/instances?service=`, a long poll with `checksum` and `wait`.
 /// Served from the published snapshot, never through the driver.
 pub(super) async fn query(state: &Arc<AppState>, q: &Query) -> Result<Response<Body>, ApiError> {
-    let QueryParams { key, selector, checksum, wait } = query_params(q)?;
+    let QueryParams { key, selector, checksum, wait, stream } = query_params(q)?;
     match (checksum, wait) {
+        (Some(checksum), Some(wait)) if stream => {
+            let wait = wait.min(state.settings.http.max_wait);
+            stream_watch(state, key, selector, checksum, wait).await
+        }
         (Some(checksum), Some(wait)) => {
             let wait = wait.min(state.settings.http.max_wait);
             long_poll(state, key, selector, checksum, wait).await
@@ -284,7 +291,14 @@ pub(crate) fn query_params(q: &Query) -> Result<QueryParams, ApiError> {
             "needs checksum: a watch returns when the content differs from the checksum the client holds",
         ));
     }
-    Ok(QueryParams { key, selector, checksum, wait })
+    let stream = q.bool("stream")?.unwrap_or(false);
+    if stream && wait.is_none() {
+        return Err(ApiError::invalid(
+            "stream",
+            "needs checksum and wait: a streamed watch sends every change after the checksum the client holds, for wait",
+        ));
+    }
+    Ok(QueryParams { key, selector, checksum, wait, stream })
 }
 
 /// The published view of a service, published first if nobody read it yet.
@@ -328,6 +342,11 @@ impl<'a> WatchGuard<'a> {
         }
         Ok(WatchGuard(state))
     }
+
+    /// Leaves the slot taken: its new owner gives it back.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for WatchGuard<'_> {
@@ -364,6 +383,97 @@ async fn long_poll(
             () = tokio::time::sleep_until(deadline) => return Ok(answer(&published, &selector)),
             _ = shutdown.changed() => return Ok(answer(&published, &selector)),
         }
+    }
+}
+
+/// The content type of a streamed watch: one JSON answer per line.
+pub(crate) const STREAM_TYPE: &str = "application/x-ndjson";
+
+/// `stream=true`: answers at once with a chunked body that carries, one JSON
+/// line each, every selection that differs from the one before it (the
+/// first from `checksum`), until `wait` ends, the node shuts down or the
+/// client goes away. Only the newest view is ever pending: a client that
+/// reads slowly skips views, never queues them.
+async fn stream_watch(
+    state: &Arc<AppState>,
+    key: ServiceKey,
+    selector: Selector,
+    checksum: Checksum,
+    wait: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let guard = WatchGuard::acquire(state)?;
+    let mut sub = subscribe(state, key.clone()).await?;
+    let Some(views) = sub.rx.take() else { return Err(ApiError::shutting_down()) };
+    // The hold below owns the slot and the subscription from here on.
+    guard.keep();
+    drop(sub);
+    let hold = StreamHold { state: Arc::clone(state), key, rx: Some(views) };
+    let deadline = tokio::time::Instant::now() + wait;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(feed(hold, selector, checksum, deadline, tx));
+    let mut resp = Response::new(Body::stream(rx));
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(STREAM_TYPE));
+    Ok(resp)
+}
+
+/// Sends a streamed watch's lines to its body until the watch ends.
+async fn feed(
+    mut hold: StreamHold,
+    selector: Selector,
+    mut checksum: Checksum,
+    deadline: tokio::time::Instant,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let Some(views) = hold.rx.as_mut() else { return };
+    let mut shutdown = hold.state.shutdown.clone();
+    let start = std::time::Instant::now();
+    loop {
+        let published = Arc::clone(&views.borrow_and_update());
+        let current = published.view.select(&selector).checksum();
+        if current != checksum {
+            if tx.send(stream_line(&published, &selector)).await.is_err() {
+                return;
+            }
+            if published.at > start {
+                hold.state.metrics.watch_wake.record(published.at.elapsed());
+            }
+            checksum = current;
+        }
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep_until(deadline) => return,
+            _ = shutdown.changed() => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// One line of a streamed watch: the query's answer and a newline.
+fn stream_line(published: &Published, selector: &Selector) -> Bytes {
+    let body = answer_bytes(published, selector);
+    let mut line = Vec::with_capacity(body.len() + 1);
+    line.extend_from_slice(&body);
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// A streamed watch's long-poll slot and subscription, owned by the task
+/// that feeds its body; dropping it gives both back.
+struct StreamHold {
+    state: Arc<AppState>,
+    key: ServiceKey,
+    rx: Option<tokio::sync::watch::Receiver<Arc<Published>>>,
+}
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.rx = None;
+        self.state.snapshots.release(&self.key);
+        self.state.metrics.watchers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -16,7 +16,9 @@ mod openapi;
 mod services;
 
 pub(crate) use self::input::{Query, parse_duration};
-pub(crate) use self::instances::{Subscription, WatchGuard, answer_bytes, published, query_params};
+pub(crate) use self::instances::{
+    STREAM_TYPE, Subscription, WatchGuard, answer_bytes, published, query_params,
+};
 
 use std::sync::Arc;
 
@@ -106,7 +108,8 @@ pub(crate) const KEY_BODY: &[&str] = KEY_Q;
 const BEAT_BODY: &[&str] = &["namespace", "group", "service", "cluster", "ip", "port", "beats"];
 const UPDATE_BODY: &[&str] =
     &["namespace", "group", "service", "cluster", "ip", "port", "weight", "enabled", "healthy", "metadata"];
-const QUERY_Q: &[&str] = &["namespace", "group", "service", "clusters", "healthy_only", "checksum", "wait"];
+const QUERY_Q: &[&str] =
+    &["namespace", "group", "service", "clusters", "healthy_only", "checksum", "wait", "stream"];
 const LIST_Q: &[&str] = &["namespace", "group", "search", "page", "page_size"];
 const SERVICE_BODY: &[&str] = &["protect_threshold", "metadata"];
 /// The ordering token of an instance write (see `instances::after`).

@@ -8,7 +8,6 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH,
     LOCATION, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
@@ -72,7 +71,7 @@ pub(crate) fn serve(method: &Method, path: &str, headers: &HeaderMap) -> Option<
     } else {
         (StatusCode::OK, Bytes::from_static(asset.bytes))
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
@@ -85,7 +84,7 @@ pub(crate) fn serve(method: &Method, path: &str, headers: &HeaderMap) -> Option<
 }
 
 fn redirect() -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = StatusCode::FOUND;
     resp.headers_mut().insert(LOCATION, HeaderValue::from_static(PREFIX));
     resp

@@ -111,6 +111,50 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends a streamed watch and calls `line` with each line of its answer
+    /// as it arrives, until the answer ends; all within `timeout`. Returns
+    /// the answer's status. After an `Err` the connection must be dropped.
+    pub(crate) async fn stream(
+        &mut self,
+        uri: Uri,
+        timeout: Duration,
+        mut line: impl FnMut(&[u8]),
+    ) -> Result<StatusCode, Failure> {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(HOST, self.host.clone());
+        let Conn { sender, conn, .. } = self;
+        let exchange = async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else { continue };
+                pending.extend_from_slice(&data);
+                while let Some(n) = pending.iter().position(|&b| b == b'\n') {
+                    line(&pending[..n]);
+                    pending.drain(..=n);
+                }
+            }
+            Ok::<_, hyper::Error>(status)
+        };
+        let driven = async {
+            tokio::select! {
+                biased;
+                r = exchange => r.map_err(|e| Failure::Http(e.to_string())),
+                r = conn.as_mut() => Err(match r {
+                    Ok(()) => Failure::Closed,
+                    Err(e) => Failure::Http(e.to_string()),
+                }),
+            }
+        };
+        tokio::time::timeout(timeout, driven).await.map_err(|_| Failure::Timeout)?
+    }
+}
+
 /// Parses `HOST:PORT` and refuses anything but a loopback target: this tool
 /// generates heavy load and must only ever point at the local machine.
 pub(crate) fn loopback_addr(flag: &str, given: &str) -> Result<SocketAddr, String> {

@@ -70,6 +70,8 @@ pub(crate) struct Opts {
     pub(crate) rate: f64,
     /// The long polls' `wait`.
     pub(crate) wait: Duration,
+    /// Streamed watches instead of long polls.
+    pub(crate) stream: bool,
     /// `muster.unhealthy_after_ms` in the registrations' metadata (removal at twice it).
     pub(crate) lease_ms: Option<u64>,
     pub(crate) timeout: Duration,
@@ -707,6 +709,47 @@ pub(crate) async fn watcher(w: Arc<Workload>, ph: Phases, armed: Arc<AtomicUsize
             continue;
         };
         let wait = o.wait.min(ph.end - now).max(Duration::from_millis(1));
+        if o.stream {
+            let uri = Uri::try_from(format!(
+                "/v1/instances?service={WATCH_SERVICE}&checksum={checksum}&wait={}ms&stream=true",
+                wait.as_millis()
+            ))
+            .expect("a valid URI");
+            let mut bad = false;
+            let result = conn
+                .stream(uri, wait + o.timeout, |line| match parse_answer(line) {
+                    Some((cs, sq)) => {
+                        if let Some(s) = sq.filter(|s| Some(*s) != *seq) {
+                            seen.changes.push((s, Instant::now()));
+                            w.live.op();
+                        }
+                        *checksum = cs;
+                        *seq = sq;
+                    }
+                    None => bad = true,
+                })
+                .await;
+            match result {
+                Ok(StatusCode::OK) if !bad => seen.idle_returns += 1,
+                Ok(StatusCode::OK) => {
+                    let f = Failure::Http("bad line".into());
+                    failed(&w.live, &mut seen.rec, &ph, Some(Kind::Watch), &f);
+                    held = None;
+                }
+                Ok(status) => {
+                    w.live.error();
+                    if now >= ph.measure_from {
+                        seen.rec.error(Kind::Watch, status.as_str());
+                    }
+                    nap(Duration::from_millis(10), ph.end).await;
+                }
+                Err(f) => {
+                    failed(&w.live, &mut seen.rec, &ph, Some(Kind::Watch), &f);
+                    held = None;
+                }
+            }
+            continue;
+        }
         let uri = Uri::try_from(format!(
             "/v1/instances?service={WATCH_SERVICE}&checksum={checksum}&wait={}ms",
             wait.as_millis()
@@ -900,6 +943,7 @@ mod tests {
             mix: [80, 15, 5],
             rate: 10.0,
             wait: Duration::from_secs(1),
+            stream: false,
             lease_ms: Some(60_000),
             timeout: Duration::from_secs(1),
             max_ops: 1,

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -126,7 +125,7 @@ impl ConsulError {
     }
 
     fn response(&self) -> Response<Body> {
-        let mut resp = Response::new(Full::new(Bytes::from(self.message.clone())));
+        let mut resp = Response::new(Body::new(Bytes::from(self.message.clone())));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -269,7 +268,7 @@ fn unchanged(client: u64, body: &[u8]) -> bool {
 
 /// A read's answer: JSON with Consul's headers.
 pub(crate) fn read_response(body: impl Into<Bytes>, index: u64) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(Body::new(body.into()));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert("x-consul-index", HeaderValue::from(index.max(1)));
@@ -280,7 +279,7 @@ pub(crate) fn read_response(body: impl Into<Bytes>, index: u64) -> Response<Body
 
 /// An empty 200, Consul's answer to a write (`true` to the Go client).
 pub(crate) fn ok_response() -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

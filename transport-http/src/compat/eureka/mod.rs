@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -149,7 +148,7 @@ impl EurekaError {
     }
 
     fn response(&self) -> Response<Body> {
-        let mut resp = Response::new(Full::new(Bytes::from(self.message.clone())));
+        let mut resp = Response::new(Body::new(Bytes::from(self.message.clone())));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         if let Some(allow) = self.allow {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -172,13 +171,13 @@ fn now_ms() -> u64 {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
 
 fn xml_or_json(body: Bytes, json: bool) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     let ct = if json { "application/json" } else { "application/xml" };
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
