@@ -370,3 +370,95 @@ fn registrations_a_killed_server_never_replicated_come_back_and_consumers_never_
     }
     assert!(regs.iter().all(|r| r.reregistrations() >= 1));
 }
+
+#[test]
+fn a_subscription_streams_every_change_on_one_request_and_long_polls_when_told_to() {
+    let node = common::single("sdk-stream", &[]);
+    let rt = runtime();
+    let servers = addrs(&[&node]);
+    for streams in [true, false] {
+        let service = if streams { "streamed" } else { "polled" };
+        let consumer = builder(&servers).watch_streams(streams).build().unwrap();
+        let seen = record(&rt, block(&rt, Duration::from_secs(5), consumer.subscribe(service)).unwrap());
+        wait_until(Duration::from_secs(5), "the first list", || last_len(&seen) == Some(0));
+        let before = common::requests(&node, "query_instances");
+        for port in 1..=10u16 {
+            let spec =
+                format!(r#"{{"service":"{service}","ip":"10.0.0.1","port":{port},"ephemeral":false}}"#);
+            assert_eq!(node.req("POST", "/v1/instances", Some(&spec)).status, 200);
+            wait_until(Duration::from_secs(5), "the change", || last_len(&seen) == Some(usize::from(port)));
+        }
+        let lists: Vec<usize> = seen.lock().unwrap().iter().map(|l| l.instances.len()).collect();
+        assert_eq!(lists, (0..=10).collect::<Vec<_>>(), "every change, in order, once");
+        let requests = common::requests(&node, "query_instances") - before;
+        if streams {
+            // The stream under way is counted when it ends: none has yet.
+            assert_eq!(requests, 0, "ten changes on one streamed watch");
+        } else {
+            assert!(requests >= 10, "a long poll per change: {requests}");
+        }
+    }
+}
+
+/// A node from before streamed watches, as far as a watcher sees it: it
+/// refuses the `stream` parameter as any unknown one (400 naming it), and
+/// answers queries and long polls with one fixed list.
+fn older_node() -> (String, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&heads);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // The rest of the head.
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            log.lock().unwrap().push(line.clone());
+            let (status, body) = if line.contains("stream=true") {
+                (
+                    "400 Bad Request",
+                    r#"{"error":{"code":"invalid_input","message":"unknown parameter","field":"stream"}}"#,
+                )
+            } else {
+                if line.contains("wait=") {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                (
+                    "200 OK",
+                    r#"{"namespace":"public","group":"DEFAULT_GROUP","service":"orders","checksum":"0000000000000001","protect_threshold_reached":false,"known":true,"instances":[{"instance_id":"10.0.0.1#1#DEFAULT","cluster":"DEFAULT","ip":"10.0.0.1","port":1,"weight":1.0,"healthy":true,"enabled":true,"ephemeral":true,"metadata":{}}]}"#,
+                )
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn a_subscription_to_a_node_that_refuses_streams_long_polls_instead() {
+    let (addr, heads) = older_node();
+    let rt = runtime();
+    let consumer = builder(&[addr]).build().unwrap();
+    let seen = record(&rt, block(&rt, Duration::from_secs(5), consumer.subscribe("orders")).unwrap());
+    wait_until(Duration::from_secs(5), "the list", || last_len(&seen) == Some(1));
+    wait_until(Duration::from_secs(5), "a long poll after the refused stream", || {
+        let heads = heads.lock().unwrap();
+        let refused = heads.iter().position(|h| h.contains("stream=true"));
+        refused.is_some_and(|i| heads[i + 1..].iter().any(|h| h.contains("wait=") && !h.contains("stream")))
+    });
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.iter().filter(|h| h.contains("stream=true")).count(), 1, "asked once: {heads:?}");
+}

@@ -1,11 +1,15 @@
-//! Consumer side: a local cache of instance lists kept fresh by long polls,
+//! Consumer side: a local cache of instance lists kept fresh by watches,
 //! subscriptions to it, and an optional snapshot on disk.
 //!
 //! The first [`Client::instances`] or [`Client::subscribe`] of a service
-//! starts one watch task for it. The task long-polls `GET /v1/instances`
-//! with the checksum of what it holds, so a change anywhere in the cluster
+//! starts one watch task for it. The task watches `GET /v1/instances` with
+//! the checksum of what it holds, so a change anywhere in the cluster
 //! reaches it within milliseconds; the checksum is of content, so the watch
-//! moves between servers with the client.
+//! moves between servers with the client. It streams (`stream=true`: one
+//! request carries every change until the watch wait ends), unless
+//! `watch_streams(false)` says otherwise or a server refuses streams (an
+//! older Muster), and long-polls during a recovery (below), whose every
+//! wait must end with an answer to judge.
 //!
 //! Watches are bounded. One watch holds one connection (one file
 //! descriptor) to one server, on connections of their own, so heartbeats
@@ -374,6 +378,7 @@ impl Client {
             server: None,
             failures: 0,
             saved: None,
+            streams: s.watch_streams,
         };
         let span = tracing::info_span!("muster_watch", service = %key);
         let task = handle.spawn(watcher.run().instrument(span));
@@ -586,6 +591,8 @@ struct Watcher {
     failures: u32,
     /// The checksum of the list on disk.
     saved: Option<String>,
+    /// Watch with streamed watches (until a server refuses them).
+    streams: bool,
 }
 
 impl Watcher {
@@ -601,20 +608,27 @@ impl Watcher {
             };
             let checksum = seen.clone().or_else(|| self.cached().map(|l| l.checksum.clone()));
             let result = match &checksum {
-                Some(c) => long_poll(&self.pool, &self.key, c, wait, self.timeout).await,
-                None => query_from(&self.pool, &self.key, &QueryOptions::default(), self.timeout).await,
+                // A recovery long-polls: each wait ends with an answer to judge.
+                Some(c) if self.streams && self.recovery.is_none() => {
+                    match self.stream(c, wait, &mut seen).await {
+                        Err(Error::InvalidInput { field, .. }) if field == "stream" => {
+                            tracing::info!(
+                                "the server does not stream watches (an older Muster): long-polling instead"
+                            );
+                            self.streams = false;
+                            continue;
+                        }
+                        result => result.map(|()| None),
+                    }
+                }
+                Some(c) => long_poll(&self.pool, &self.key, c, wait, self.timeout).await.map(Some),
+                None => {
+                    query_from(&self.pool, &self.key, &QueryOptions::default(), self.timeout).await.map(Some)
+                }
             };
             match result {
-                Ok((answer, server)) => {
-                    let moved = self.server.is_some_and(|s| s != server);
-                    self.server = Some(server);
-                    if self.failures > 0 {
-                        tracing::debug!(failed_attempts = self.failures, "watch reaches a server again");
-                    }
-                    self.failures = 0;
-                    seen = Some(answer.checksum.clone());
-                    self.take(answer, moved).await;
-                }
+                Ok(None) => {}
+                Ok(Some((answer, server))) => self.answered(answer, server, &mut seen).await,
                 Err(Error::Refused { status: 429, server, .. }) => {
                     tracing::debug!(%server, "the node's watch table is full: watching again later");
                     tokio::time::sleep(jitter(FULL_RETRY)).await;
@@ -647,6 +661,66 @@ impl Watcher {
 
     fn cached(&self) -> Option<Arc<InstanceList>> {
         self.tx.borrow().list.clone()
+    }
+
+    /// Takes one answer of `server`; `seen` becomes its checksum.
+    async fn answered(&mut self, answer: InstanceList, server: usize, seen: &mut Option<String>) {
+        let moved = self.server.is_some_and(|s| s != server);
+        self.server = Some(server);
+        if self.failures > 0 {
+            tracing::debug!(failed_attempts = self.failures, "watch reaches a server again");
+        }
+        self.failures = 0;
+        *seen = Some(answer.checksum.clone());
+        self.take(answer, moved).await;
+    }
+
+    /// One streamed watch from `checksum` for `wait`: takes each line as it
+    /// arrives, until the server ends the stream (`Ok`) or it fails.
+    async fn stream(
+        &mut self,
+        checksum: &str,
+        wait: Duration,
+        seen: &mut Option<String>,
+    ) -> Result<(), Error> {
+        let path = format!(
+            "/v1/instances?{}&checksum={}&wait={}ms&stream=true",
+            self.key.query(),
+            encode(checksum),
+            wait.as_millis()
+        );
+        let call = Call::watch(path, wait.saturating_add(self.timeout));
+        let pool = Arc::clone(&self.pool);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let send = pool.stream(&call, tx);
+        tokio::pin!(send);
+        let mut done = None;
+        loop {
+            tokio::select! {
+                line = rx.recv() => {
+                    // `None`: the stream's every sender is gone, it ended.
+                    let Some((line, server)) = line else { break };
+                    let answer = serde_json::from_slice::<InstanceList>(&line).map_err(|e| Error::Protocol {
+                        server: self.pool.addr(server).to_owned(),
+                        message: format!("{e} in a streamed answer"),
+                    })?;
+                    // A server streaming its answers is a server that answers.
+                    self.pool.answered_by(server);
+                    self.answered(answer, server, seen).await;
+                    if self.recovery.is_some() {
+                        // A recovery is judged again at its grace's end, change
+                        // or no change: long polls do that (their wait ends
+                        // with an answer), so the stream stops here.
+                        return Ok(());
+                    }
+                }
+                result = &mut send, if done.is_none() => done = Some(result),
+            }
+        }
+        match done {
+            Some(result) => result,
+            None => send.await,
+        }
     }
 
     /// Judges an answer and caches what it shows.

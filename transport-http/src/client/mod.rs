@@ -132,6 +132,7 @@ struct Settings {
     replication_window: Duration,
     min_poll_interval: Duration,
     snapshot_dir: Option<PathBuf>,
+    watch_streams: bool,
 }
 
 /// Builds a [`Client`]; see [`Client::builder`].
@@ -154,6 +155,7 @@ pub struct ClientBuilder {
     hung_after: Duration,
     replication_window: Duration,
     min_poll_interval: Duration,
+    watch_streams: bool,
 }
 
 impl ClientBuilder {
@@ -287,6 +289,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Watch with streamed watches (`stream=true`: one request carries every
+    /// change until the watch wait ends) instead of one long poll per change
+    /// (default `true`). A server that refuses them (an older Muster)
+    /// is long-polled instead, without this setting.
+    #[must_use]
+    pub fn watch_streams(mut self, streams: bool) -> ClientBuilder {
+        self.watch_streams = streams;
+        self
+    }
+
     /// Checks the settings and builds the client. Needs no runtime: the
     /// SDK's own starts on first use.
     pub fn build(self) -> Result<Client, Error> {
@@ -324,6 +336,7 @@ impl ClientBuilder {
             replication_window: self.replication_window,
             min_poll_interval: self.min_poll_interval,
             snapshot_dir: self.snapshot_dir,
+            watch_streams: self.watch_streams,
         };
         let inner = Inner {
             pool: Arc::new(pool),
@@ -367,6 +380,7 @@ impl Client {
             hung_after: Duration::from_secs(2),
             replication_window: Duration::from_secs(2),
             min_poll_interval: Duration::from_millis(100),
+            watch_streams: true,
         }
     }
 

@@ -34,7 +34,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::error::{Attempt, Error, Unavailable};
@@ -282,6 +282,12 @@ impl Pool {
         h.backoff_until = Some(later(Instant::now(), backoff));
     }
 
+    /// Server `i` answers (a streamed watch's line): its backoff ends and
+    /// it becomes the current server, as after any answer.
+    pub(crate) fn answered_by(&self, i: usize) {
+        self.succeeded(i);
+    }
+
     fn succeeded(&self, i: usize) {
         let Some(server) = self.servers.get(i) else { return };
         *server.health.lock().unwrap_or_else(PoisonError::into_inner) = Health::default();
@@ -298,9 +304,28 @@ impl Pool {
     /// Sends `call` to the servers in turn until one answers without a
     /// reason to fail over.
     pub(crate) async fn send(&self, call: &Call) -> Result<Answer, Error> {
+        self.send_lines(call, None).await
+    }
+
+    /// Sends a streamed watch with failover: each line of a streamed answer
+    /// goes to `lines` with the index of its server as it arrives; `Ok` once
+    /// a server's stream ended, the error of any other answer.
+    pub(crate) async fn stream(&self, call: &Call, lines: mpsc::Sender<(Bytes, usize)>) -> Result<(), Error> {
+        let answer = self.send_lines(call, Some(&lines)).await?;
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        Err(api_error(self.addr(answer.server), answer.status, &answer.body))
+    }
+
+    async fn send_lines(
+        &self,
+        call: &Call,
+        lines: Option<&mpsc::Sender<(Bytes, usize)>>,
+    ) -> Result<Answer, Error> {
         let mut attempts = Vec::new();
         for i in self.order() {
-            match self.send_to(i, call).await {
+            match self.send_to_lines(i, call, lines).await {
                 Ok(answer) if call.watch && answer.status == StatusCode::TOO_MANY_REQUESTS => {
                     // The node is fine, its watch table is full: watch later.
                     return Ok(answer);
@@ -331,6 +356,20 @@ impl Pool {
 
     /// Sends `call` to server `i` only; `Err` is why it could not be reached.
     pub(crate) async fn send_to(&self, i: usize, call: &Call) -> Result<Answer, String> {
+        self.send_to_lines(i, call, None).await
+    }
+
+    /// [`Pool::send_to`]; with `lines`, a 200 answer of a streamed watch
+    /// (`application/x-ndjson`) goes there line by line (each at most
+    /// [`ANSWER_BYTES_MAX`]), any other 2xx body as one line, and the
+    /// answer's body is empty.
+    async fn send_to_lines(
+        &self,
+        i: usize,
+        call: &Call,
+        lines: Option<&mpsc::Sender<(Bytes, usize)>>,
+    ) -> Result<Answer, String> {
+        let lines = lines.cloned();
         let addr = self.addr(i);
         let ordered = call.is_instance_write();
         let after = if ordered { self.after.load(Ordering::Acquire) } else { 0 };
@@ -360,11 +399,21 @@ impl Pool {
                 .get(COUNTER_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
+            let streamed = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes() == STREAM_TYPE);
+            if let (Some(lines), true, true) = (lines.as_ref(), status.is_success(), streamed) {
+                split_lines(resp.into_body(), lines, i).await?;
+                return Ok(Answer { status, body: Bytes::new(), server: i, counter });
+            }
             let body = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
                 .map_err(|e| format!("answer cut off: {}", describe(&*e)))?
                 .to_bytes();
+            if let (Some(lines), true) = (lines.as_ref(), status.is_success()) {
+                // Not a stream (a proxy, or a node that answered once): one line.
+                let _ = lines.send((body, i)).await;
+                return Ok(Answer { status, body: Bytes::new(), server: i, counter });
+            }
             Ok(Answer { status, body, server: i, counter })
         };
         let timeout = call.timeout;
@@ -432,6 +481,36 @@ impl Pool {
             ),
         })
     }
+}
+
+/// The content type of a streamed watch's answer.
+const STREAM_TYPE: &[u8] = b"application/x-ndjson";
+
+/// Sends each line of a streamed answer to `lines` as it completes; `Err`
+/// when the body breaks off or a line passes [`ANSWER_BYTES_MAX`]. A
+/// receiver that is gone ends the stream early, without error.
+async fn split_lines(
+    mut body: hyper::body::Incoming,
+    lines: &mpsc::Sender<(Bytes, usize)>,
+    server: usize,
+) -> Result<(), String> {
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("stream cut off: {}", describe(&e)))?;
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line = Bytes::copy_from_slice(&pending[..end]);
+            pending.drain(..=end);
+            if lines.send((line, server)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if pending.len() > ANSWER_BYTES_MAX {
+            return Err(format!("a streamed answer's line passed {ANSWER_BYTES_MAX} bytes"));
+        }
+    }
+    Ok(())
 }
 
 /// Probes every server with long polls in flight each `period`; cuts the
