@@ -676,3 +676,63 @@ fn a_signed_peer_frame_with_a_flipped_bit_is_refused_counted_and_changes_nothing
     common::wait_until(Duration::from_secs(5), "the intact record", || common::count(&n, "flipped") == 1);
     assert_eq!(metric(&n, "muster_peer_frames_corrupt_total"), Some(1.0));
 }
+
+#[test]
+fn a_thousand_idle_streams_cost_a_few_kib_each_and_every_change_reaches_each_of_them() {
+    use std::io::BufRead;
+    const STREAMS: usize = 1000;
+    let n = node("idle-streams", &[]);
+    assert_eq!(
+        n.req("POST", "/v1/instances", Some(&common::instance("streamed", "10.0.0.1", 80))).status,
+        200
+    );
+    let checksum = common::instances(&n, "streamed")["checksum"].as_str().unwrap().to_owned();
+    let pid = n.pid().unwrap();
+    let Some(before) = rss_kib(pid) else { return };
+    let req = format!(
+        "GET /v1/instances?service=streamed&checksum={checksum}&wait=30s&stream=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let mut conns: Vec<std::io::BufReader<TcpStream>> = (0..STREAMS)
+        .map(|_| {
+            let mut s = TcpStream::connect(&n.addr).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            std::io::BufReader::new(s)
+        })
+        .collect();
+    common::wait_until(Duration::from_secs(10), "every stream to wait", || {
+        metric(&n, "muster_watchers") == Some(STREAMS as f64)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let during = rss_kib(pid).unwrap();
+    let per_stream = (during.saturating_sub(before)) as f64 / STREAMS as f64;
+    eprintln!("RSS {before} KiB -> {during} KiB with {STREAMS} idle streams: {per_stream:.1} KiB each");
+    assert!(per_stream < 8.0, "{per_stream:.1} KiB per idle stream");
+    for c in &mut conns {
+        let mut line = String::new();
+        c.read_line(&mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+        while line != "\r\n" {
+            line.clear();
+            c.read_line(&mut line).unwrap();
+        }
+    }
+    // Three changes: each stream gets each one, as a chunk of one line.
+    let t = Instant::now();
+    for port in 81..=83 {
+        let r = n.req("POST", "/v1/instances", Some(&common::instance("streamed", "10.0.0.1", port)));
+        assert_eq!(r.status, 200);
+        for c in &mut conns {
+            let mut size = String::new();
+            c.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            c.read_exact(&mut chunk).unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&chunk[..size]).unwrap();
+            assert_eq!(answer["instances"].as_array().unwrap().len(), usize::from(port - 79));
+        }
+    }
+    eprintln!("3 changes reached {STREAMS} streams within {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(metric(&n, "muster_watchers"), Some(STREAMS as f64), "the streams go on");
+}
