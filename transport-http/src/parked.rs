@@ -33,7 +33,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
-use muster_core::{Checksum, Selector};
+use muster_core::{Checksum, Selector, ServiceKey};
 use tokio::net::TcpStream;
 
 use crate::api::{self, Access, AppState, Handler, Query, WatchGuard};
@@ -231,16 +231,7 @@ async fn serve_watch(
     }
     let published = match watch.watch {
         Some((checksum, wait)) => {
-            let Ok(guard) = WatchGuard::acquire(state) else { return Ok(Served::Handover) };
-            let rx = match state.snapshots.subscribe(&watch.key) {
-                Some(rx) => rx,
-                None => match state.driver.load_view(watch.key.clone(), true).await {
-                    Ok((_, Some(rx))) => rx,
-                    // Refused or failed: hyper's path asks again and answers the error.
-                    _ => return Ok(Served::Handover),
-                },
-            };
-            let mut sub = api::Subscription::new(state, watch.key.clone(), rx);
+            let Some((guard, mut sub)) = hold(state, &watch.key).await else { return Ok(Served::Handover) };
             let deadline = tokio::time::Instant::now() + wait;
             let held = Held { selector: &watch.selector, checksum };
             let Some(published) = self::wait(state, stream, &mut sub, held, deadline).await else {
@@ -269,6 +260,21 @@ async fn serve_watch(
         state.metrics.watch_wake.record(published.at.elapsed());
     }
     Ok(answered(state, peer, &watch))
+}
+
+/// Takes a long-poll slot and subscribes to `key`'s views. `None` when a
+/// limit refuses it or its view cannot be loaded: hyper's path asks again
+/// and answers the error.
+async fn hold<'a>(state: &'a AppState, key: &ServiceKey) -> Option<(WatchGuard<'a>, api::Subscription<'a>)> {
+    let guard = WatchGuard::acquire(state).ok()?;
+    let rx = match state.snapshots.subscribe(key) {
+        Some(rx) => rx,
+        None => match state.driver.load_view(key.clone(), true).await {
+            Ok((_, Some(rx))) => rx,
+            _ => return None,
+        },
+    };
+    Some((guard, api::Subscription::new(state, key.clone(), rx)))
 }
 
 /// Counts and logs an answered query or watch, as the Filter does.
@@ -300,15 +306,7 @@ async fn serve_stream(
     mut checksum: Checksum,
     wait: Duration,
 ) -> io::Result<Served> {
-    let Ok(guard) = WatchGuard::acquire(state) else { return Ok(Served::Handover) };
-    let rx = match state.snapshots.subscribe(&watch.key) {
-        Some(rx) => rx,
-        None => match state.driver.load_view(watch.key.clone(), true).await {
-            Ok((_, Some(rx))) => rx,
-            _ => return Ok(Served::Handover),
-        },
-    };
-    let mut sub = api::Subscription::new(state, watch.key.clone(), rx);
+    let Some((guard, mut sub)) = hold(state, &watch.key).await else { return Ok(Served::Handover) };
     let deadline = tokio::time::Instant::now() + wait;
     let head = stream_head(&watch.request_id, watch.close);
     timed(write_all(stream, &head, &[])).await?;
@@ -348,19 +346,7 @@ async fn timed(f: impl Future<Output = io::Result<()>>) -> io::Result<()> {
 
 /// The status line and headers of a streamed watch's answer.
 fn stream_head(request_id: &str, close: bool) -> Vec<u8> {
-    let mut head = Vec::with_capacity(160 + request_id.len());
-    head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
-    head.extend_from_slice(api::STREAM_TYPE.as_bytes());
-    head.extend_from_slice(b"\r\nx-request-id: ");
-    head.extend_from_slice(request_id.as_bytes());
-    head.extend_from_slice(b"\r\ntransfer-encoding: chunked");
-    if close {
-        head.extend_from_slice(b"\r\nconnection: close");
-    }
-    head.extend_from_slice(b"\r\ndate: ");
-    head.extend_from_slice(&http_date());
-    head.extend_from_slice(b"\r\n\r\n");
-    head
+    head(api::STREAM_TYPE, b"transfer-encoding: chunked", request_id, close)
 }
 
 /// Waits until the watched selection's checksum differs from the client's,
@@ -412,11 +398,19 @@ struct Held<'a> {
 
 /// The status line and headers of a 200 answer of `len` JSON bytes.
 fn response_head(len: usize, request_id: &str, close: bool) -> Vec<u8> {
+    head("application/json", format!("content-length: {len}").as_bytes(), request_id, close)
+}
+
+/// A 200 head: `content_type`, the request id, the body's `framing` header
+/// (its length, or chunked), `connection: close` when `close`, the date.
+fn head(content_type: &str, framing: &[u8], request_id: &str, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(160 + request_id.len());
-    head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: ");
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
+    head.extend_from_slice(content_type.as_bytes());
+    head.extend_from_slice(b"\r\nx-request-id: ");
     head.extend_from_slice(request_id.as_bytes());
-    head.extend_from_slice(b"\r\ncontent-length: ");
-    head.extend_from_slice(len.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(framing);
     if close {
         head.extend_from_slice(b"\r\nconnection: close");
     }

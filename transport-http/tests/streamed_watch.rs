@@ -9,18 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{FAST, Node, free_ports, instance, metric, scratch, watchers};
+use common::{Node, instance, metric, single as start, watchers};
 use serde_json::Value;
-
-fn start(name: &str, extra: &[&str]) -> Node {
-    let dir = scratch(name);
-    let port = free_ports(1)[0];
-    let mut args: Vec<String> = FAST.iter().map(|s| (*s).to_owned()).collect();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let node = Node::start(port, &args, &dir);
-    node.wait_ready(Duration::from_secs(10));
-    node
-}
 
 /// Reads a response head (up to the blank line), lower-cased.
 fn read_head(r: &mut BufReader<TcpStream>) -> String {

@@ -97,17 +97,7 @@ impl Conn {
             let body = resp.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
-        let driven = async {
-            tokio::select! {
-                biased;
-                r = exchange => r.map_err(|e| Failure::Http(e.to_string())),
-                r = conn.as_mut() => Err(match r {
-                    Ok(()) => Failure::Closed,
-                    Err(e) => Failure::Http(e.to_string()),
-                }),
-            }
-        };
-        tokio::time::timeout(timeout, driven).await.map_err(|_| Failure::Timeout)?
+        drive(conn.as_mut(), exchange, timeout).await
     }
 }
 
@@ -141,18 +131,28 @@ impl Conn {
             }
             Ok::<_, hyper::Error>(status)
         };
-        let driven = async {
-            tokio::select! {
-                biased;
-                r = exchange => r.map_err(|e| Failure::Http(e.to_string())),
-                r = conn.as_mut() => Err(match r {
-                    Ok(()) => Failure::Closed,
-                    Err(e) => Failure::Http(e.to_string()),
-                }),
-            }
-        };
-        tokio::time::timeout(timeout, driven).await.map_err(|_| Failure::Timeout)?
+        drive(conn.as_mut(), exchange, timeout).await
     }
+}
+
+/// Polls `exchange` and the connection that carries it together, within
+/// `timeout`.
+async fn drive<T>(
+    conn: Pin<&mut Connection<TokioIo<TcpStream>, Full<Bytes>>>,
+    exchange: impl std::future::Future<Output = Result<T, hyper::Error>>,
+    timeout: Duration,
+) -> Result<T, Failure> {
+    let driven = async {
+        tokio::select! {
+            biased;
+            r = exchange => r.map_err(|e| Failure::Http(e.to_string())),
+            r = conn => Err(match r {
+                Ok(()) => Failure::Closed,
+                Err(e) => Failure::Http(e.to_string()),
+            }),
+        }
+    };
+    tokio::time::timeout(timeout, driven).await.map_err(|_| Failure::Timeout)?
 }
 
 /// Parses `HOST:PORT` and refuses anything but a loopback target: this tool

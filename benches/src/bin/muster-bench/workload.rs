@@ -736,16 +736,10 @@ pub(crate) async fn watcher(w: Arc<Workload>, ph: Phases, armed: Arc<AtomicUsize
                     failed(&w.live, &mut seen.rec, &ph, Some(Kind::Watch), &f);
                     held = None;
                 }
-                Ok(status) => {
-                    w.live.error();
-                    if now >= ph.measure_from {
-                        seen.rec.error(Kind::Watch, status.as_str());
+                other => {
+                    if watch_failed(&w, &mut seen, &ph, now, other).await {
+                        held = None;
                     }
-                    nap(Duration::from_millis(10), ph.end).await;
-                }
-                Err(f) => {
-                    failed(&w.live, &mut seen.rec, &ph, Some(Kind::Watch), &f);
-                    held = None;
                 }
             }
             continue;
@@ -780,16 +774,10 @@ pub(crate) async fn watcher(w: Arc<Workload>, ph: Phases, armed: Arc<AtomicUsize
                     held = None;
                 }
             },
-            Ok((status, _)) => {
-                w.live.error();
-                if now >= ph.measure_from {
-                    seen.rec.error(Kind::Watch, status.as_str());
+            other => {
+                if watch_failed(&w, &mut seen, &ph, now, other.map(|(status, _)| status)).await {
+                    held = None;
                 }
-                nap(Duration::from_millis(10), ph.end).await;
-            }
-            Err(f) => {
-                failed(&w.live, &mut seen.rec, &ph, Some(Kind::Watch), &f);
-                held = None;
             }
         }
     }
@@ -797,6 +785,31 @@ pub(crate) async fn watcher(w: Arc<Workload>, ph: Phases, armed: Arc<AtomicUsize
         armed.fetch_add(1, Ordering::AcqRel);
     }
     seen
+}
+
+/// Counts a watch that got no good answer: a refusal (after which the
+/// watcher pauses) or a failure; `true` when the connection must go.
+async fn watch_failed(
+    w: &Workload,
+    seen: &mut Seen,
+    ph: &Phases,
+    now: Instant,
+    outcome: Result<StatusCode, Failure>,
+) -> bool {
+    match outcome {
+        Ok(status) => {
+            w.live.error();
+            if now >= ph.measure_from {
+                seen.rec.error(Kind::Watch, status.as_str());
+            }
+            nap(Duration::from_millis(10), ph.end).await;
+            false
+        }
+        Err(f) => {
+            failed(&w.live, &mut seen.rec, ph, Some(Kind::Watch), &f);
+            true
+        }
+    }
 }
 
 /// The writer of `watch` mode: changes the watched instance on the write
