@@ -425,18 +425,20 @@ async fn write_all_three(stream: &TcpStream, a: &[u8], b: &[u8], c: &[u8]) -> io
     let total = a.len() + b.len() + c.len();
     let mut written = 0;
     while written < total {
-        let parts = [a, b, c];
+        // What is left of the three, without allocating.
+        let mut slices = [IoSlice::new(&[]), IoSlice::new(&[]), IoSlice::new(&[])];
+        let mut n = 0;
         let mut skip = written;
-        let mut slices = Vec::with_capacity(3);
-        for p in parts {
+        for p in [a, b, c] {
             if skip >= p.len() {
                 skip -= p.len();
             } else {
-                slices.push(IoSlice::new(&p[skip..]));
+                slices[n] = IoSlice::new(&p[skip..]);
+                n += 1;
                 skip = 0;
             }
         }
-        match stream.try_write_vectored(&slices) {
+        match stream.try_write_vectored(&slices[..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,

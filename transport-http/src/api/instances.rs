@@ -342,11 +342,6 @@ impl<'a> WatchGuard<'a> {
         }
         Ok(WatchGuard(state))
     }
-
-    /// Leaves the slot taken: its new owner gives it back.
-    fn keep(self) {
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for WatchGuard<'_> {
@@ -401,16 +396,31 @@ async fn stream_watch(
     checksum: Checksum,
     wait: Duration,
 ) -> Result<Response<Body>, ApiError> {
-    let guard = WatchGuard::acquire(state)?;
-    let mut sub = subscribe(state, key.clone()).await?;
-    let Some(views) = sub.rx.take() else { return Err(ApiError::shutting_down()) };
-    // The hold below owns the slot and the subscription from here on.
-    guard.keep();
-    drop(sub);
-    let hold = StreamHold { state: Arc::clone(state), key, rx: Some(views) };
-    let deadline = tokio::time::Instant::now() + wait;
+    // The task that feeds the body takes the slot and the subscription, and
+    // gives both back when it ends; a refusal comes back before any answer.
+    let (taken, refused) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(feed(hold, selector, checksum, deadline, tx));
+    let state = Arc::clone(state);
+    let deadline = tokio::time::Instant::now() + wait;
+    tokio::spawn(async move {
+        let held = match WatchGuard::acquire(&state) {
+            Ok(guard) => subscribe(&state, key).await.map(|sub| (guard, sub)),
+            Err(e) => Err(e),
+        };
+        let (guard, mut sub) = match held {
+            Ok(held) => held,
+            Err(e) => {
+                let _ = taken.send(Err(e));
+                return;
+            }
+        };
+        if taken.send(Ok(())).is_ok() {
+            feed(&state, &mut sub, &selector, checksum, deadline, &tx).await;
+        }
+        drop(sub);
+        drop(guard);
+    });
+    refused.await.map_err(|_| ApiError::shutting_down())??;
     let mut resp = Response::new(Body::stream(rx));
     resp.headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(STREAM_TYPE));
@@ -419,24 +429,25 @@ async fn stream_watch(
 
 /// Sends a streamed watch's lines to its body until the watch ends.
 async fn feed(
-    mut hold: StreamHold,
-    selector: Selector,
+    state: &AppState,
+    sub: &mut Subscription<'_>,
+    selector: &Selector,
     mut checksum: Checksum,
     deadline: tokio::time::Instant,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) {
-    let Some(views) = hold.rx.as_mut() else { return };
-    let mut shutdown = hold.state.shutdown.clone();
+    let Some(views) = sub.rx.as_mut() else { return };
+    let mut shutdown = state.shutdown.clone();
     let start = std::time::Instant::now();
     loop {
         let published = Arc::clone(&views.borrow_and_update());
-        let current = published.view.select(&selector).checksum();
+        let current = published.view.select(selector).checksum();
         if current != checksum {
-            if tx.send(stream_line(&published, &selector)).await.is_err() {
+            if tx.send(stream_line(&published, selector)).await.is_err() {
                 return;
             }
             if published.at > start {
-                hold.state.metrics.watch_wake.record(published.at.elapsed());
+                state.metrics.watch_wake.record(published.at.elapsed());
             }
             checksum = current;
         }
@@ -459,22 +470,6 @@ fn stream_line(published: &Published, selector: &Selector) -> Bytes {
     line.extend_from_slice(&body);
     line.push(b'\n');
     Bytes::from(line)
-}
-
-/// A streamed watch's long-poll slot and subscription, owned by the task
-/// that feeds its body; dropping it gives both back.
-struct StreamHold {
-    state: Arc<AppState>,
-    key: ServiceKey,
-    rx: Option<tokio::sync::watch::Receiver<Arc<Published>>>,
-}
-
-impl Drop for StreamHold {
-    fn drop(&mut self) {
-        self.rx = None;
-        self.state.snapshots.release(&self.key);
-        self.state.metrics.watchers.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Subscribes a watcher to the service's views, publishing them first if

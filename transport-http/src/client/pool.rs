@@ -401,7 +401,7 @@ impl Pool {
                 .and_then(|v| v.parse::<u64>().ok());
             let streamed = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes() == STREAM_TYPE);
             if let (Some(lines), true, true) = (lines.as_ref(), status.is_success(), streamed) {
-                split_lines(resp.into_body(), lines, i).await?;
+                split_lines(resp.into_body(), ANSWER_BYTES_MAX, lines, i).await?;
                 return Ok(Answer { status, body: Bytes::new(), server: i, counter });
             }
             let body = Limited::new(resp.into_body(), ANSWER_BYTES_MAX)
@@ -487,27 +487,37 @@ impl Pool {
 const STREAM_TYPE: &[u8] = b"application/x-ndjson";
 
 /// Sends each line of a streamed answer to `lines` as it completes; `Err`
-/// when the body breaks off or a line passes [`ANSWER_BYTES_MAX`]. A
-/// receiver that is gone ends the stream early, without error.
-async fn split_lines(
-    mut body: hyper::body::Incoming,
+/// when the body breaks off or a line passes `max` bytes. A receiver that
+/// is gone ends the stream early, without error.
+async fn split_lines<B>(
+    mut body: B,
+    max: usize,
     lines: &mpsc::Sender<(Bytes, usize)>,
     server: usize,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: StdError + 'static,
+{
     let mut pending: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("stream cut off: {}", describe(&e)))?;
         let Ok(data) = frame.into_data() else { continue };
+        // Only the new bytes are searched: a long line arriving in many
+        // frames is scanned once, not once per frame.
+        let mut from = pending.len();
         pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        while let Some(at) = pending[from..].iter().position(|&b| b == b'\n') {
+            let end = from + at;
             let line = Bytes::copy_from_slice(&pending[..end]);
             pending.drain(..=end);
+            from = 0;
             if lines.send((line, server)).await.is_err() {
                 return Ok(());
             }
         }
-        if pending.len() > ANSWER_BYTES_MAX {
-            return Err(format!("a streamed answer's line passed {ANSWER_BYTES_MAX} bytes"));
+        if pending.len() > max {
+            return Err(format!("a streamed answer's line passed {max} bytes"));
         }
     }
     Ok(())
@@ -687,6 +697,42 @@ fn api_error(server: &str, status: StatusCode, body: &[u8]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of the given frames, one per poll.
+    struct Frames(std::collections::VecDeque<&'static [u8]>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Ready(
+                self.0.pop_front().map(|f| Ok(hyper::body::Frame::data(Bytes::from_static(f)))),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_split_into_lines_across_frames_and_a_line_past_the_limit_is_refused() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let body = Frames([&b"{\"a\":1}\n{\"b"[..], b"\":2}", b"\n", b"{\"c\":3}\n{\"d\":"].into());
+        split_lines(body, 16, &tx, 7).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok((line, server)) = rx.try_recv() {
+            assert_eq!(server, 7);
+            got.push(String::from_utf8(line.to_vec()).unwrap());
+        }
+        // The cut-off last line is not a line.
+        assert_eq!(got, [r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+
+        let long = Frames([&b"0123456789"[..], b"0123456789", b"\n"].into());
+        let e = split_lines(long, 16, &tx, 0).await.unwrap_err();
+        assert!(e.contains("passed 16 bytes"), "{e}");
+        assert!(rx.try_recv().is_err(), "nothing of the long line was sent");
+    }
 
     #[test]
     fn server_addresses_are_normalised_or_refused_with_an_example() {

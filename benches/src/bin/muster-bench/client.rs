@@ -123,10 +123,12 @@ impl Conn {
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
                 let Ok(data) = frame?.into_data() else { continue };
+                let mut from = pending.len();
                 pending.extend_from_slice(&data);
-                while let Some(n) = pending.iter().position(|&b| b == b'\n') {
-                    line(&pending[..n]);
-                    pending.drain(..=n);
+                while let Some(at) = pending[from..].iter().position(|&b| b == b'\n') {
+                    line(&pending[..from + at]);
+                    pending.drain(..=from + at);
+                    from = 0;
                 }
             }
             Ok::<_, hyper::Error>(status)
