@@ -295,7 +295,7 @@ impl Metrics {
         self.watch_wake.render(
             &mut out,
             "muster_watch_wake_seconds",
-            "From the publication of a changed view to the answer of a long poll it woke, written to the socket.",
+            "From the publication of a changed view to the answer of a long poll or the line of a stream it woke, written (handed to hyper for streams hyper serves).",
         );
         counter(&mut out, "muster_pauses_total", "Pauses of the node's own clock detected.", s.pauses);
         let name = "muster_health_checks_total";
